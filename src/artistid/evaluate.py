@@ -1,0 +1,167 @@
+"""Honest evaluation of a model on a test set: accuracy over known artists, what it said for unknown ones.
+
+`evaluate` returns an `Evaluation`; `write_report` writes predictions.csv, metrics.json and confusion.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from artistid import storage
+from artistid.datasets import Sample
+from artistid.features import FeatureCache
+from artistid.model import Model
+
+__all__ = ["Evaluation", "evaluate", "format_report", "write_report"]
+
+
+@dataclass
+class Evaluation:
+    classes: list[str]
+    paths: list[str]
+    truths: list[str | None]
+    probabilities: np.ndarray
+    metrics: dict[str, Any]
+
+    @property
+    def predictions(self) -> list[str]:
+        return [self.classes[i] for i in self.probabilities.argmax(axis=1)] if len(self.paths) else []
+
+
+def _metrics(
+    classes: list[str], truths: list[str | None], probabilities: np.ndarray, skipped: list[tuple[str, str]]
+) -> dict[str, Any]:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    known = np.array([t is not None for t in truths], dtype=bool)
+    index = {name: i for i, name in enumerate(classes)}
+    true_index = np.array([index.get(t, -1) for t in truths if t is not None], dtype=int)
+    known_probabilities = probabilities[known]
+    predicted = known_probabilities.argmax(axis=1) if len(true_index) else np.zeros(0, int)
+    ranked = np.argsort(-known_probabilities, axis=1)[:, :2] if len(true_index) else np.zeros((0, 2), int)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        true_index, predicted, labels=range(len(classes)), zero_division=0
+    )
+    unknown_predictions = [classes[i] for i in probabilities[~known].argmax(axis=1)] if (~known).any() else []
+    return {
+        "accuracy": float(np.mean(predicted == true_index)) if len(true_index) else None,
+        "top2_accuracy": float(np.mean((ranked == true_index[:, None]).any(axis=1))) if len(true_index) else None,
+        "n": len(true_index),
+        "classes": classes,
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(classes)
+        },
+        "confusion_matrix": confusion_matrix(true_index, predicted, labels=range(len(classes))).tolist(),
+        "unknown": {"n": len(unknown_predictions), "predicted": dict(Counter(unknown_predictions))},
+        "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
+    }
+
+
+def evaluate(
+    model: Model,
+    samples: Sequence[Sample],
+    *,
+    cache: FeatureCache | None = None,
+    workers: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """Scores every usable image; labels outside the model's artists count as unknown artists."""
+    classes = [str(c) for c in model.classes_]
+    features = model.features_for(
+        samples, cache=cache, workers=workers, storage_options=storage_options, progress=progress
+    )
+    truths = [label if label in classes else None for label in features.labels]
+    probabilities = (
+        model.head.predict_proba(features.features) if len(features) else np.zeros((0, len(classes)), np.float32)
+    )
+    metrics = _metrics(classes, truths, probabilities, features.errors)
+    return Evaluation(classes, features.paths, truths, probabilities, metrics)
+
+
+def format_report(evaluation: Evaluation) -> str:
+    m, classes = evaluation.metrics, evaluation.classes
+    lines = []
+    if m["n"]:
+        lines.append(
+            f"accuracy {m['accuracy']:.1%} on {m['n']} images of known artists (top-2 {m['top2_accuracy']:.1%})"
+        )
+    else:
+        lines.append("no images of known artists to measure accuracy on")
+    width = max(len(c) for c in classes)
+    lines.append(f"{'artist':<{width}}  precision  recall     f1  support")
+    for name in classes:
+        row = m["per_class"][name]
+        lines.append(
+            f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  {row['support']:7d}"
+        )
+    lines.append("confusion matrix (rows: true artist, columns: predicted)")
+    short = [c[:12] for c in classes]
+    lines.append(" " * (width + 2) + "  ".join(f"{s:>12}" for s in short))
+    for name, row in zip(classes, m["confusion_matrix"], strict=True):
+        lines.append(f"{name:<{width}}  " + "  ".join(f"{v:>12d}" for v in row))
+    if m["unknown"]["n"]:
+        said = ", ".join(f"{k} {v}" for k, v in sorted(m["unknown"]["predicted"].items()))
+        lines.append(f"{m['unknown']['n']} images of other artists; the model said: {said}")
+    if m["skipped"]:
+        lines.append(f"skipped {len(m['skipped'])} unusable files:")
+        lines.extend(f"  {s['reason']}" for s in m["skipped"])
+    return "\n".join(lines)
+
+
+def _confusion_png(evaluation: Evaluation) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    matrix = np.asarray(evaluation.metrics["confusion_matrix"])
+    size = 2.5 + 0.7 * len(evaluation.classes)
+    figure, axes = plt.subplots(figsize=(size, size))
+    ConfusionMatrixDisplay(matrix, display_labels=evaluation.classes).plot(
+        ax=axes, cmap="Blues", colorbar=False, xticks_rotation=45
+    )
+    accuracy = evaluation.metrics["accuracy"]
+    axes.set_title(f"accuracy {accuracy:.1%}" if accuracy is not None else "confusion matrix")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def write_report(evaluation: Evaluation, directory: str | Path) -> dict[str, str]:
+    """Writes predictions.csv, metrics.json and confusion.png into `directory`; returns their paths."""
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["path", "true", "predicted", *evaluation.classes])
+    for path, truth, predicted, probabilities in zip(
+        evaluation.paths, evaluation.truths, evaluation.predictions, evaluation.probabilities, strict=True
+    ):
+        writer.writerow(
+            [path, truth if truth is not None else "unknown", predicted, *(f"{p:.6f}" for p in probabilities)]
+        )
+    files = {
+        "predictions": (storage.join(str(directory), "predictions.csv"), rows.getvalue().encode()),
+        "metrics": (storage.join(str(directory), "metrics.json"), json.dumps(evaluation.metrics, indent=2).encode()),
+        "confusion": (storage.join(str(directory), "confusion.png"), _confusion_png(evaluation)),
+    }
+    for path, data in files.values():
+        storage.write_bytes_atomic(path, data)
+    return {name: path for name, (path, _) in files.items()}

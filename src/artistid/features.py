@@ -1,0 +1,398 @@
+"""Feature vectors for many images, fast and once: parallel decoding, a frozen backbone, a persistent cache.
+
+`featurize` decodes images in worker processes while the main process runs the backbone, and stores every
+vector in a `FeatureCache` keyed by the image's content and everything else the vector depends on, so a second run
+over the same images does no decoding and no forward pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from artistid import storage
+from artistid.datasets import Sample
+from artistid.errors import ArtistIdError, ImageError
+from artistid.images import MAX_PIXELS, Preprocess, load_image
+
+if TYPE_CHECKING:
+    import torch
+
+    from artistid.backbones import Backbone
+
+__all__ = ["FeatureCache", "FeatureExtractor", "FeatureSet", "default_cache_dir", "featurize"]
+
+logger = logging.getLogger(__name__)
+
+Precision = Literal["auto", "fp32", "bf16"]
+
+
+def default_cache_dir() -> Path:
+    import platformdirs
+
+    return Path(os.environ.get("ARTISTID_CACHE") or platformdirs.user_cache_dir("artistid"))
+
+
+# --- the extractor: pixels in, vectors out ---------------------------------------------------------------------
+
+
+def _bf16_is_native() -> bool:
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+class FeatureExtractor:
+    """Runs a frozen backbone on batches of decoded images (uint8, NHWC), on CUDA when present."""
+
+    def __init__(self, backbone: Backbone, *, device: str = "auto", precision: Precision = "auto") -> None:
+        import torch
+
+        self.backbone = backbone
+        self.device = torch.device(
+            "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+        )
+        if precision == "auto":
+            # bf16 halves the cost where the hardware has it (AMX / AVX512-BF16, any recent GPU); features agree
+            # with fp32 to cosine > 0.999 (tests/test_features.py checks it on real weights).
+            native = self.device.type == "cuda" or _bf16_is_native()
+            precision = "bf16" if native else "fp32"
+        self.precision: Literal["fp32", "bf16"] = precision  # type: ignore[assignment]
+        self.preprocess: Preprocess = backbone.preprocess
+        backbone.network.to(self.device, memory_format=torch.channels_last)
+        self._mean = torch.tensor(self.preprocess.mean, device=self.device).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(self.preprocess.std, device=self.device).view(1, 3, 1, 1) * 255
+
+    def identity(self) -> str:
+        """Everything a vector depends on besides the image's content: part of the cache key."""
+        return f"{self.backbone.identity()}/{self.preprocess.key()}/{self.precision}"
+
+    def to_input(self, pixels: np.ndarray) -> torch.Tensor:
+        """Normalized NCHW float batch from uint8 NHWC pixels."""
+        import torch
+
+        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+        batch = batch.permute(0, 3, 1, 2).float()
+        return ((batch - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
+        if len(pixels) == 0:
+            return np.zeros((0, 0), dtype=np.float32)
+        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
+            features = self.backbone(self.to_input(pixels))
+        return features.float().cpu().numpy()
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(storage.local_path(path))
+
+
+# --- the persistent cache --------------------------------------------------------------------------------------
+
+
+class FeatureCache:
+    """Vectors by content hash + extractor identity, in one SQLite file.
+
+    SQLite transactions make it safe when two runs share it and when a run is killed midway: a vector is either
+    wholly committed or absent, never half written. A second table remembers the content hash of each local file
+    by (path, size, mtime), so a warm run need not even read the images.
+    """
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / "features-v1.sqlite"
+        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, dim INTEGER, vector BLOB)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha TEXT)"
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> FeatureCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def key(content_sha: str, identity: str) -> str:
+        return hashlib.sha256(f"{content_sha}\0{identity}".encode()).hexdigest()
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for key, dim, blob in self._db.execute(
+                f"SELECT key, dim, vector FROM features WHERE key IN ({marks})", chunk
+            ):
+                vector = np.frombuffer(blob, dtype=np.float32)
+                if vector.shape == (dim,):  # a row of the wrong length is never served
+                    found[key] = vector
+        return found
+
+    def put_many(self, items: dict[str, np.ndarray]) -> None:
+        rows = [(k, int(v.shape[0]), np.ascontiguousarray(v, dtype=np.float32).tobytes()) for k, v in items.items()]
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?)", rows)
+
+    def known_hashes(self, paths: Sequence[str]) -> dict[str, str]:
+        """Content hashes of local files unchanged since they were last hashed."""
+        stats: dict[str, tuple[str, int, int]] = {}
+        for path in paths:
+            if storage.is_local(path):
+                try:
+                    st = os.stat(storage.local_path(path))
+                except OSError:
+                    continue
+                stats[_absolute(path)] = (path, st.st_size, st.st_mtime_ns)
+        known: dict[str, str] = {}
+        names = list(stats)
+        for start in range(0, len(names), 500):
+            chunk = names[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for absolute, size, mtime_ns, sha in self._db.execute(
+                f"SELECT path, size, mtime_ns, sha FROM files WHERE path IN ({marks})", chunk
+            ):
+                path, *stat = stats[absolute]
+                if stat == [size, mtime_ns]:
+                    known[path] = sha
+        return known
+
+    def remember_hashes(self, hashes: dict[str, tuple[int, int, str]]) -> None:
+        rows = [(_absolute(p), *v) for p, v in hashes.items()]
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", rows)
+
+
+# --- the result ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FeatureSet:
+    """Vectors for the images that could be used, and the reason for each that could not."""
+
+    paths: list[str]
+    labels: list[str | None]
+    features: np.ndarray
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    identity: str = ""
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def to_parquet(self, path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
+        """Writes path, label and features columns atomically (a storage URI works too)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        dim = self.features.shape[1] if len(self) else 0
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(self.features.reshape(-1), pa.float32()), dim)
+        table = pa.table(
+            {
+                "path": pa.array(self.paths, pa.string()),
+                "label": pa.array(self.labels, pa.string()),
+                "features": vectors,
+            },
+            metadata={"artistid.identity": self.identity},
+        )
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        storage.write_bytes_atomic(path, buffer.getvalue(), storage_options)
+
+    @classmethod
+    def from_parquet(cls, path: str | Path) -> FeatureSet:
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:
+            raise ArtistIdError(f"{path}: not a readable Parquet file ({exc})") from None
+        missing = {"path", "label", "features"} - set(table.column_names)
+        if missing:
+            raise ArtistIdError(f"{path}: not a features file, it lacks the columns {', '.join(sorted(missing))}")
+        if "error" in table.column_names:  # written by the Spark engine: rows with an error carry no vector
+            errors = table.filter(table["error"].is_valid())
+            table = table.filter(table["error"].is_null())
+            error_list = list(zip(errors["path"].to_pylist(), errors["error"].to_pylist(), strict=True))
+        else:
+            error_list = []
+        vectors = table["features"].to_pylist()
+        features = np.asarray(vectors, dtype=np.float32) if vectors else np.zeros((0, 0), np.float32)
+        metadata = table.schema.metadata or {}
+        return cls(
+            paths=table["path"].to_pylist(),
+            labels=table["label"].to_pylist(),
+            features=features,
+            errors=error_list,
+            identity=metadata.get(b"artistid.identity", b"").decode(),
+        )
+
+
+# --- the pipeline ----------------------------------------------------------------------------------------------
+
+
+class _Decoded:
+    """What a worker sends back for one image: its content hash and pixels, or the reason it failed."""
+
+    __slots__ = ("error", "index", "pixels", "sha", "stat")
+
+    def __init__(
+        self,
+        index: int,
+        sha: str = "",
+        pixels: np.ndarray | None = None,
+        error: str = "",
+        stat: tuple[int, int] | None = None,
+    ) -> None:
+        self.index, self.sha, self.pixels, self.error, self.stat = index, sha, pixels, error, stat
+
+
+def _read_and_decode(index: int, path: str, preprocess: Preprocess, storage_options: dict[str, Any] | None) -> _Decoded:
+    try:
+        stat = None
+        if storage.is_local(path):
+            st = os.stat(storage.local_path(path))
+            stat = (st.st_size, st.st_mtime_ns)
+        data = storage.read_bytes(path, storage_options)
+    except FileNotFoundError:
+        return _Decoded(index, error=f"{path}: file not found")
+    except Exception as exc:
+        return _Decoded(index, error=f"{path}: cannot read file ({exc})")
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        pixels = load_image(data, preprocess, name=path, max_pixels=MAX_PIXELS)
+    except ImageError as exc:
+        return _Decoded(index, sha, error=str(exc), stat=stat)
+    return _Decoded(index, sha, pixels, stat=stat)
+
+
+class _DecodeDataset:
+    """A map-style dataset for torch's DataLoader: decoding happens in its worker processes."""
+
+    def __init__(self, jobs: list[tuple[int, str]], preprocess: Preprocess, storage_options: dict[str, Any] | None):
+        self.jobs, self.preprocess, self.storage_options = jobs, preprocess, storage_options
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __getitem__(self, position: int) -> _Decoded:
+        index, path = self.jobs[position]
+        return _read_and_decode(index, path, self.preprocess, self.storage_options)
+
+
+def _decoded_batches(
+    jobs: list[tuple[int, str]],
+    preprocess: Preprocess,
+    workers: int,
+    batch_size: int,
+    storage_options: dict[str, Any] | None,
+) -> Iterator[list[_Decoded]]:
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(
+        _DecodeDataset(jobs, preprocess, storage_options),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=list,
+        prefetch_factor=4 if workers else None,
+        multiprocessing_context="fork" if workers else None,
+    )
+    yield from loader
+
+
+def featurize(
+    samples: Sequence[Sample],
+    extractor: FeatureExtractor,
+    *,
+    cache: FeatureCache | None = None,
+    workers: int | None = None,
+    batch_size: int = 16,
+    storage_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> FeatureSet:
+    """Feature vectors for `samples`, in their order; unusable images are left out and listed in `errors`."""
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    identity = extractor.identity()
+    paths = [s.path for s in samples]
+    vectors: dict[int, np.ndarray] = {}
+    errors: dict[int, str] = {}
+
+    # Warm path: files whose content hash is known and whose vector is cached need no reading at all.
+    pending = list(range(len(samples)))
+    if cache is not None:
+        known = cache.known_hashes(paths)
+        keys = {i: FeatureCache.key(known[p], identity) for i, p in enumerate(paths) if p in known}
+        hits = cache.get_many(list(keys.values()))
+        vectors.update({i: hits[k] for i, k in keys.items() if k in hits})
+        pending = [i for i in range(len(samples)) if i not in vectors]
+
+    if workers is None:
+        # Decoding with Pillow's reduced-size JPEG path costs a fraction of the forward pass: one decoding process
+        # per two cores keeps the model fed while it uses every core (measured in bench/featurize.py).
+        workers = max(1, min(4, (os.cpu_count() or 2) // 2)) if len(pending) > 32 else 0
+    bar = tqdm(
+        total=len(samples),
+        initial=len(vectors),
+        unit="img",
+        desc="featurize",
+        disable=not progress or None,
+        dynamic_ncols=True,
+    )
+    try:
+        jobs = [(i, paths[i]) for i in pending]
+        for batch in _decoded_batches(jobs, extractor.preprocess, workers, batch_size, storage_options):
+            hashes = {d.index: (*d.stat, d.sha) for d in batch if d.stat is not None and d.sha}
+            usable = [d for d in batch if d.pixels is not None]
+            for d in batch:
+                if d.pixels is None:
+                    errors[d.index] = d.error
+            keys = {d.index: FeatureCache.key(d.sha, identity) for d in usable}
+            hits = cache.get_many(list(keys.values())) if cache is not None else {}
+            todo = [d for d in usable if keys[d.index] not in hits]
+            vectors.update({d.index: hits[keys[d.index]] for d in usable if keys[d.index] in hits})
+            if todo:
+                computed = extractor(np.stack([d.pixels for d in todo]))  # type: ignore[misc]
+                vectors.update({d.index: computed[n] for n, d in enumerate(todo)})
+                if cache is not None:
+                    cache.put_many({keys[d.index]: computed[n] for n, d in enumerate(todo)})
+            if cache is not None and hashes:
+                cache.remember_hashes({paths[i]: v for i, v in hashes.items()})
+            bar.update(len(batch))
+    finally:
+        bar.close()
+
+    kept = sorted(vectors)
+    features = np.stack([vectors[i] for i in kept]).astype(np.float32) if kept else np.zeros((0, 0), np.float32)
+    for i in sorted(errors):
+        logger.warning("skipped %s", errors[i])
+    return FeatureSet(
+        paths=[paths[i] for i in kept],
+        labels=[samples[i].label for i in kept],
+        features=features,
+        errors=[(paths[i], errors[i]) for i in sorted(errors)],
+        seconds=time.perf_counter() - started,
+        identity=identity,
+    )

@@ -1,0 +1,168 @@
+"""Decoding images into the fixed-size RGB arrays a backbone takes.
+
+Every path that turns a file into pixels (featurizing, training, evaluating, serving, Spark) goes through
+`load_image`, so the same file always gives the same pixels and therefore the same features.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from artistid.errors import ImageError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_PIXELS",
+    "Preprocess",
+    "decode_image",
+    "is_image_name",
+    "load_image",
+]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+# Larger than any museum scan we expect (e.g. 12000 x 8000), smaller than a decompression bomb.
+MAX_PIXELS = 120_000_000
+
+Fit = Literal["stretch", "crop", "pad"]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a file becomes the backbone's input: the size, how the painting is fitted, and normalization."""
+
+    size: int = 224
+    fit: Fit = "stretch"
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if self.fit not in ("stretch", "crop", "pad"):
+            raise ValueError(f"fit must be one of stretch, crop, pad; got {self.fit!r}")
+        if not 16 <= self.size <= 2048:
+            raise ValueError(f"size must be between 16 and 2048 pixels; got {self.size}")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"size": self.size, "fit": self.fit, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Preprocess:
+        return cls(
+            size=int(data["size"]),  # type: ignore[arg-type]
+            fit=data["fit"],  # type: ignore[arg-type]
+            mean=tuple(data["mean"]),  # type: ignore[arg-type]
+            std=tuple(data["std"]),  # type: ignore[arg-type]
+        )
+
+    def key(self) -> str:
+        """A short string naming everything that changes the pixels; part of the feature cache key."""
+        return f"decode-v1/{self.size}/{self.fit}/{self.mean}/{self.std}"
+
+
+def is_image_name(name: str) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    if not data:
+        raise ImageError(name, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        reason = "not an image Pillow can read" if isinstance(exc, UnidentifiedImageError) else str(exc)
+        raise ImageError(name, reason) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(name, f"cannot open image: {exc}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageError(
+            name, f"{width}x{height} pixels is over the limit of {max_pixels} (possible decompression bomb)"
+        )
+    if width < 1 or height < 1:
+        raise ImageError(name, f"image has no pixels ({width}x{height})")
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # Pillow's own conversion clips 16-bit values at 255; scale the range instead.
+        pixels = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(pixels.max()), 1.0)
+        image = Image.fromarray(np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        # Transparent areas are painted white, as the reference design did for PNG paintings.
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _fit(image: Image.Image, size: int, fit: Fit) -> Image.Image:
+    if fit == "stretch":
+        return image.resize((size, size), Image.Resampling.BILINEAR)
+    if fit == "crop":
+        return ImageOps.fit(image, (size, size), Image.Resampling.BILINEAR)
+    return ImageOps.pad(image, (size, size), Image.Resampling.BILINEAR, color=(255, 255, 255))
+
+
+def decode_image(data: bytes, name: str, *, max_pixels: int = MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
+    """Decodes bytes into an upright RGB image; raises `ImageError` naming `name` and the reason.
+
+    `draft_size` lets a JPEG decode at a reduced scale (DCT scaling) whose sides stay at least that large,
+    several times faster than a full decode of a large scan.
+    """
+    image = _open_checked(data, name, max_pixels)
+    try:
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)
+        if draft_size is not None and image.format == "JPEG":
+            image.draft(image.mode if image.mode in ("RGB", "L", "CMYK") else "RGB", (draft_size, draft_size))
+        image = ImageOps.exif_transpose(image)
+        image.load()
+        return _to_rgb(image)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+        reason = str(exc) or type(exc).__name__
+        if "truncated" in reason:
+            reason = f"truncated or corrupt image data ({reason})"
+        raise ImageError(name, f"cannot decode image: {reason}") from None
+
+
+def load_image(
+    source: bytes | str | Path | Image.Image,
+    preprocess: Preprocess | None = None,
+    *,
+    name: str | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> np.ndarray:
+    """Returns the backbone's input for one image: a uint8 array of shape (size, size, 3).
+
+    `source` is the file's bytes, a local path, or an already opened PIL image.
+    """
+    preprocess = preprocess or Preprocess()
+    if isinstance(source, Image.Image):
+        image = _to_rgb(ImageOps.exif_transpose(source))
+    else:
+        if isinstance(source, str | Path):
+            name = name or str(source)
+            try:
+                data = Path(source).read_bytes()
+            except OSError as exc:
+                raise ImageError(name, f"cannot read file: {exc.strerror or exc}") from None
+        else:
+            data = source
+        image = decode_image(data, name or "<bytes>", max_pixels=max_pixels, draft_size=preprocess.size)
+    return np.asarray(_fit(image, preprocess.size, preprocess.fit), dtype=np.uint8)

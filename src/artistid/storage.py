@@ -1,0 +1,231 @@
+"""Where images and model files live: local paths and storage URIs (az://, s3://, gs://, http(s)://, file://).
+
+Everything goes through fsspec, so any backend it knows works with credentials given the standard ways
+(for Azure: AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_ACCOUNT_NAME/KEY, SAS token, or storage options).
+Remote reads and writes are retried on transient failures with exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import fsspec
+from fsspec.spec import AbstractFileSystem
+
+from artistid.errors import SourceError
+
+__all__ = [
+    "DEFAULT_RETRY",
+    "RetryPolicy",
+    "TruncatedDownload",
+    "describe_error",
+    "is_local",
+    "is_transient",
+    "join",
+    "local_path",
+    "parse_storage_options",
+    "read_bytes",
+    "url_to_fs",
+    "with_retries",
+    "write_bytes_atomic",
+]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Status codes worth another try: timeouts, throttling and server-side failures.
+_TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# Exception class names (anywhere in the MRO) of aiohttp, azure-core, botocore and fsspec that mean "the
+# connection or the server failed, not the request": matched by name so none of them must be imported here.
+_TRANSIENT_NAMES = frozenset(
+    {
+        "ClientConnectionError",
+        "ClientPayloadError",
+        "ServerDisconnectedError",
+        "ServerTimeoutError",
+        "ServiceRequestError",
+        "ServiceResponseError",
+        "IncompleteReadError",
+        "FSTimeoutError",
+        "EndpointConnectionError",
+        "ReadTimeoutError",
+        "ConnectTimeoutError",
+        "ResponseStreamingError",
+    }
+)
+
+
+class TruncatedDownload(ConnectionError):
+    """A body that ended before its announced size, or whose checksum does not match: worth a retry."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a transient failure is retried: `attempts` tries in all."""
+
+    attempts: int = 5
+    base_delay: float = 0.5
+    max_delay: float = 10.0
+
+    def delay(self, failures: int) -> float:
+        """Exponential backoff with jitter, so parallel workers do not retry in lockstep."""
+        ceiling = min(self.max_delay, self.base_delay * 2 ** (failures - 1))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+def _chain(exc: BaseException) -> Iterable[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure may go away on retry: resets, timeouts, truncated bodies, 5xx/429 responses.
+
+    Backends wrap errors (fsspec's HTTP `info` turns a 500 into FileNotFoundError), so the whole cause chain
+    counts.
+    """
+    for error in _chain(exc):
+        status = getattr(error, "status", None) or getattr(error, "status_code", None)
+        if isinstance(status, int) and status in _TRANSIENT_STATUS:
+            return True
+        if isinstance(error, ConnectionError | TimeoutError):
+            return True
+        if _TRANSIENT_NAMES.intersection(cls.__name__ for cls in type(error).__mro__):
+            return True
+    return False
+
+
+def with_retries(call: Callable[[], T], *, what: str, policy: RetryPolicy = DEFAULT_RETRY) -> T:
+    """Runs `call`, retrying transient failures per `policy`; the last error propagates unchanged."""
+    failures = 0
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            failures += 1
+            if failures >= policy.attempts or not is_transient(exc):
+                raise
+            pause = policy.delay(failures)
+            logger.warning(
+                "%s: %s; retry %d of %d in %.1fs",
+                what,
+                describe_error(exc),
+                failures,
+                policy.attempts - 1,
+                pause,
+            )
+            time.sleep(pause)
+
+
+def describe_error(exc: BaseException) -> str:
+    """`Type: first line of the message`, for one-line reports."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def is_local(uri: str | Path) -> bool:
+    text = str(uri)
+    return "://" not in text or text.startswith("file://")
+
+
+def local_path(uri: str | Path) -> Path:
+    text = str(uri)
+    return Path(text[len("file://") :] if text.startswith("file://") else text)
+
+
+def url_to_fs(
+    uri: str | Path, storage_options: dict[str, Any] | None = None
+) -> tuple[AbstractFileSystem, str]:
+    try:
+        return fsspec.core.url_to_fs(str(uri), **(storage_options or {}))
+    except (ImportError, ValueError) as exc:
+        raise SourceError(f"{uri}: cannot open this storage location: {exc}") from None
+
+
+def join(base: str, *parts: str) -> str:
+    if is_local(base):
+        return str(local_path(base).joinpath(*parts))
+    return "/".join([base.rstrip("/"), *parts])
+
+
+def parse_storage_options(items: Iterable[str]) -> dict[str, Any]:
+    """`["account_name=x", "anon=true"]` -> `{"account_name": "x", "anon": True}`, for --storage-option.
+
+    true/false become booleans and whole numbers ints (backends expect them typed); all else stays text.
+    """
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SourceError(f"storage option {item!r}: expected key=value, e.g. account_name=myaccount")
+        key = key.strip()
+        if value.lower() in ("true", "false"):
+            options[key] = value.lower() == "true"
+        elif value.isdigit():
+            options[key] = int(value)
+        else:
+            options[key] = value
+    return options
+
+
+def read_bytes(
+    uri: str | Path, storage_options: dict[str, Any] | None = None, *, retry: RetryPolicy = DEFAULT_RETRY
+) -> bytes:
+    """The whole content of one file; raises OSError (or a backend's error) when it cannot be read."""
+    if is_local(uri):
+        return local_path(uri).read_bytes()
+    fs, path = url_to_fs(uri, storage_options)
+    return with_retries(lambda: fs.cat_file(path), what=str(uri), policy=retry)
+
+
+def write_bytes_atomic(
+    uri: str | Path,
+    data: bytes,
+    storage_options: dict[str, Any] | None = None,
+    *,
+    retry: RetryPolicy = DEFAULT_RETRY,
+) -> None:
+    """Writes a whole file so that readers see the old content or the new one, never a part.
+
+    Locally: a temporary file beside the target, flushed to disk, then renamed over it. In object stores a
+    blob only appears once its upload is committed, so one upload (retried on transient failures) is atomic.
+    """
+    if is_local(uri):
+        target = local_path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return
+    fs, path = url_to_fs(uri, storage_options)
+    parent = fs._parent(path)
+
+    def upload() -> None:
+        # Creates the container or bucket where missing; folders in object stores need no creating.
+        if parent and not fs.exists(parent):
+            fs.mkdir(parent, create_parents=True)
+        fs.pipe_file(path, data)
+
+    with_retries(upload, what=str(uri), policy=retry)

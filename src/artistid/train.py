@@ -1,0 +1,197 @@
+"""Training: features from the frozen backbone (computed once, cached), then the head on top.
+
+Stages a reader can follow: `featurize_training_set` -> `split_validation` -> `fit_head` -> `Model`.
+`train` runs them in order; `train_from_features` starts from a features Parquet (e.g. made on Spark).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from artistid import storage
+from artistid.backbones import Backbone, Pooling, create_backbone
+from artistid.datasets import Sample
+from artistid.errors import ArtistIdError
+from artistid.features import FeatureCache, FeatureExtractor, FeatureSet, Precision, featurize
+from artistid.head import ArtistHead
+from artistid.model import Model
+
+__all__ = ["TrainResult", "TrainSettings", "data_fingerprint", "fit_head", "train", "train_from_features"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    """The recipe; defaults are the reference design's (7 epochs, minibatch 50, lr 0.2 then 0.1, ...)."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = None
+    feature_nodes: tuple[str, ...] | None = None
+    pooling: Pooling = "avg"
+    precision: Precision = "auto"
+    epochs: int = 7
+    batch_size: int = 50
+    lr: str = "0.2x10,0.1"
+    momentum: float = 0.9
+    l2: float = 0.0005
+    balance: bool = False
+    patience: int | None = None
+    val_fraction: float = 0.0
+    seed: int = 123
+
+    def head(self) -> ArtistHead:
+        return ArtistHead(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            l2=self.l2,
+            balance=self.balance,
+            patience=self.patience,
+            seed=self.seed,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["feature_nodes"] = list(self.feature_nodes) if self.feature_nodes else None
+        return data
+
+
+@dataclass
+class TrainResult:
+    model: Model
+    history: list[dict[str, float]]
+    n_train: int
+    n_val: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    featurize_seconds: float = 0.0
+    fit_seconds: float = 0.0
+
+
+def data_fingerprint(samples: Sequence[Sample], settings: TrainSettings) -> str:
+    """Names the training data and recipe: the same fingerprint means the same model would be trained."""
+    digest = hashlib.sha256(json.dumps(settings.to_dict(), sort_keys=True).encode())
+    for sample in sorted(samples, key=lambda s: s.path):
+        stamp = ""
+        if storage.is_local(sample.path):
+            try:
+                st = os.stat(storage.local_path(sample.path))
+                stamp = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                stamp = "missing"
+        digest.update(f"{sample.path}\0{sample.label}\0{stamp}\n".encode())
+    return digest.hexdigest()
+
+
+def split_validation(features: FeatureSet, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training and validation rows, stratified by artist."""
+    from sklearn.model_selection import train_test_split
+
+    everything = np.arange(len(features))
+    if fraction <= 0:
+        return everything, everything[:0]
+    if not 0 < fraction < 1:
+        raise ArtistIdError(f"--val-fraction must be between 0 and 1; got {fraction}")
+    labels = np.asarray(features.labels, dtype=object)
+    train_rows, val_rows = train_test_split(everything, test_size=fraction, random_state=seed, stratify=labels)
+    return np.sort(train_rows), np.sort(val_rows)
+
+
+def fit_head(features: FeatureSet, settings: TrainSettings) -> tuple[ArtistHead, int, int]:
+    labels = np.asarray(features.labels, dtype=object)
+    classes = sorted(set(labels.tolist()))
+    if len(classes) < 2:
+        raise ArtistIdError(f"training needs images of at least two artists; found {len(classes)}")
+    train_rows, val_rows = split_validation(features, settings.val_fraction, settings.seed)
+    head = settings.head().fit(
+        features.features[train_rows],
+        labels[train_rows],
+        X_val=features.features[val_rows] if len(val_rows) else None,
+        y_val=labels[val_rows] if len(val_rows) else None,
+    )
+    return head, len(train_rows), len(val_rows)
+
+
+def _backbone(settings: TrainSettings) -> Backbone:
+    return create_backbone(
+        settings.backbone, weights=settings.weights, feature_nodes=settings.feature_nodes, pooling=settings.pooling
+    )
+
+
+def _result(
+    backbone: Backbone,
+    extractor: FeatureExtractor,
+    features: FeatureSet,
+    settings: TrainSettings,
+    fingerprint: str,
+    featurize_seconds: float,
+) -> TrainResult:
+    started = time.perf_counter()
+    head, n_train, n_val = fit_head(features, settings)
+    info = {
+        "training": {
+            "settings": settings.to_dict(),
+            "fingerprint": fingerprint,
+            "n_train": n_train,
+            "n_val": n_val,
+            "history": head.history_,
+            "skipped": len(features.errors),
+        }
+    }
+    model = Model(backbone, head, precision=extractor.precision, info=info)
+    return TrainResult(
+        model, head.history_, n_train, n_val, features.errors, featurize_seconds, time.perf_counter() - started
+    )
+
+
+def train(
+    samples: Sequence[Sample],
+    settings: TrainSettings | None = None,
+    *,
+    cache: FeatureCache | None = None,
+    workers: int | None = None,
+    storage_options: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Trains a model on labelled samples (unlabelled ones are ignored)."""
+    settings = settings or TrainSettings()
+    labelled = [s for s in samples if s.label is not None]
+    backbone = _backbone(settings)
+    extractor = FeatureExtractor(backbone, precision=settings.precision)
+    features = featurize(
+        labelled, extractor, cache=cache, workers=workers, storage_options=storage_options, progress=progress
+    )
+    return _result(backbone, extractor, features, settings, data_fingerprint(labelled, settings), features.seconds)
+
+
+def train_from_features(features: FeatureSet, settings: TrainSettings | None = None) -> TrainResult:
+    """Trains the head on vectors computed elsewhere; they must come from the same backbone and settings."""
+    settings = settings or TrainSettings()
+    backbone = _backbone(settings)
+    extractor = FeatureExtractor(backbone, precision=settings.precision)
+    if features.identity and features.identity != extractor.identity():
+        raise ArtistIdError(
+            f"the features were computed with {features.identity!r}, but these settings give "
+            f"{extractor.identity()!r}: pass the same --backbone, --feature-node and --precision"
+        )
+    labelled = FeatureSet(
+        paths=[p for p, y in zip(features.paths, features.labels, strict=True) if y is not None],
+        labels=[y for y in features.labels if y is not None],
+        features=features.features[[i for i, y in enumerate(features.labels) if y is not None]],
+        errors=features.errors,
+        identity=features.identity,
+    )
+    fingerprint = data_fingerprint(
+        [Sample(p, y) for p, y in zip(labelled.paths, labelled.labels, strict=True)], settings
+    )
+    return _result(backbone, extractor, labelled, settings, fingerprint, 0.0)
