@@ -17,7 +17,6 @@ from artistid.cli import app
 from artistid.errors import SourceError
 from artistid.prepare import check_leaks, prepare
 
-RAW = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "paintings3" / "raw"
 runner = CliRunner()
 
 
@@ -120,13 +119,13 @@ def test_check_reads_a_dataset_in_azure_blob(azurite, tmp_path: Path) -> None:
     assert report.pairs[0]["test"].endswith("/Test/A/x-copy.jpg")
 
 
-@pytest.mark.skipif(not RAW.is_dir(), reason=f"real data not found at {RAW} (../shared/datasets)")
-def test_prepare_the_real_raw_scrape_then_check_finds_no_leak(tmp_path: Path) -> None:
+def test_prepare_the_real_raw_scrape_then_check_finds_no_leak(paintings3: Path, tmp_path: Path) -> None:
     """paintings3/raw holds several copies of many paintings (other scans, crops, sizes)."""
-    result = runner.invoke(app, ["prepare", str(RAW), "--to", str(tmp_path / "data"), "--json"])
+    raw = paintings3 / "raw"
+    result = runner.invoke(app, ["prepare", str(raw), "--to", str(tmp_path / "data"), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    sources = sorted(p for p in RAW.rglob("*") if p.is_file())
+    sources = sorted(p for p in raw.rglob("*") if p.is_file())
     assert report["images"] == len(sources)
     # Measured: 758 files hold 453 paintings; over 250 of them come in more than one copy.
     assert report["duplicates_removed"] >= 250

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
@@ -147,3 +148,39 @@ def test_datasets_list_and_read_from_azure_blob(azurite) -> None:
     first = dataset.train[0]
     image = decode_image(storage.read_bytes(first.path, azurite.storage_options), first.path)
     assert image.size == (160, 120)
+
+
+@pytest.mark.slow
+def test_train_and_predict_straight_from_azure_blob(
+    azurite, demo_data: Path, cache_dir: Path, demo_model_path: Path
+) -> None:
+    """The reference flow on a blob store: images in az://, the model file out to az://, used from there.
+
+    Asks for `demo_model_path` so the session's feature cache already holds these images' vectors.
+    """
+    from typer.testing import CliRunner
+
+    from artistid.cli import app
+
+    container = f"demo-{uuid.uuid4().hex[:8]}"
+    for path in sorted(demo_data.rglob("*.jpg")):
+        relative = path.relative_to(demo_data).as_posix()
+        storage.write_bytes_atomic(f"az://{container}/{relative}", path.read_bytes(), azurite.storage_options)
+    option = ["--storage-option", f"connection_string={azurite.connection_string}"]
+    model = f"az://{container}-models/runs/paintings.safetensors"
+    runner = CliRunner()
+    trained = runner.invoke(
+        app, ["train", f"az://{container}", "-o", model, "--cache-dir", str(cache_dir), "--json", *option]
+    )
+    assert trained.exit_code == 0, trained.output
+    classes = sorted(p.name for p in demo_data.glob("Train/*"))
+    assert json.loads(trained.stdout)["metrics"]["accuracy"] > 1.5 / len(classes)  # well above chance
+    assert storage.read_bytes(model, azurite.storage_options)[:8]  # the model file is in the store
+
+    test_image = next(p for p in sorted(demo_data.glob("Test/*/*.jpg")))
+    predicted = runner.invoke(
+        app, ["predict", model, f"az://{container}/Test/{test_image.parent.name}/{test_image.name}", "--json", *option]
+    )
+    assert predicted.exit_code == 0, predicted.output
+    (record,) = json.loads(predicted.stdout)
+    assert record["artist"] in classes

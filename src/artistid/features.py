@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import sqlite3
@@ -245,8 +246,17 @@ class FeatureSet:
             labels=table["label"].to_pylist(),
             features=features,
             errors=error_list,
-            identity=metadata.get(b"artistid.identity", b"").decode(),
+            identity=metadata.get(b"artistid.identity", b"").decode() or _sidecar_identity(path),
         )
+
+
+def _sidecar_identity(path: str | Path) -> str:
+    """The identity of a Parquet folder written by Spark, which keeps it in a `_artistid.json` beside the parts."""
+    try:
+        sidecar = json.loads(storage.read_bytes(storage.join(str(path), "_artistid.json")))
+    except (OSError, ValueError):  # a single file, or a folder without one
+        return ""
+    return str(sidecar.get("artistid.identity", ""))
 
 
 # --- the pipeline ----------------------------------------------------------------------------------------------

@@ -271,7 +271,9 @@ def _fetch_one(
     target = safe_target(root, item.target, item.origin)
     fs, path = storage.url_to_fs(item.uri, _with_http_timeout(item.uri, storage_options, timeout))
     size, md5 = item.size, item.md5
-    if size is None and md5 is None:
+    # Manifest lines carry no size: ask the store only where a local copy must be judged, saving a round trip
+    # per new file. Backends check a body against its Content-Length themselves.
+    if size is None and md5 is None and target.exists():
         info = storage.with_retries(lambda: fs.info(path), what=item.uri, policy=retry)
         size, md5 = info.get("size"), _md5_of(info, fs)
     if _is_complete(target, size, md5):

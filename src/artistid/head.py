@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 __all__ = ["ArtistHead", "parse_lr_schedule"]
@@ -87,6 +88,7 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
 
         schedule = self._check_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
+        check_classification_targets(y)
         self.classes_, targets = np.unique(y, return_inverse=True)
         # Raw features, as the reference design fed them: at its learning rates this beats standardizing them.
         features = torch.from_numpy(X).float()
@@ -143,16 +145,23 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
             self.coef_, self.intercept_ = best_state
         return self
 
-    def decision_function(self, X: Any) -> np.ndarray:
+    def _scores(self, X: Any) -> np.ndarray:  # noqa: N803
         check_is_fitted(self, ("coef_", "intercept_"))
         X = validate_data(self, X, dtype=np.float32, reset=False)
         return X @ self.coef_.T + self.intercept_
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        scores = self.decision_function(X)
+    def decision_function(self, X: Any) -> np.ndarray:  # noqa: N803
+        scores = self._scores(X)
+        # scikit-learn's convention: one column for two classes, the score of the second.
+        return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores
+
+    def predict_proba(self, X: Any) -> np.ndarray:  # noqa: N803
+        # A temperature fitted on validation data (calibration) softens or sharpens the scores; 1.0 leaves them.
+        scores = self._scores(X) / getattr(self, "temperature_", 1.0)
         scores = scores - scores.max(axis=1, keepdims=True)
         exp = np.exp(scores)
         return exp / exp.sum(axis=1, keepdims=True)
 
-    def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[self.decision_function(X).argmax(axis=1)]
+    def predict(self, X: Any) -> np.ndarray:  # noqa: N803
+        scores = self._scores(X)
+        return self.classes_[scores.argmax(axis=1)]

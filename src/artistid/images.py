@@ -69,6 +69,11 @@ def is_image_name(name: str) -> bool:
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def _explain(exc: BaseException) -> str:
+    reason = str(exc) or type(exc).__name__
+    return f"truncated or corrupt image data ({reason})" if "truncat" in reason.lower() else reason
+
+
 def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
     if not data:
         raise ImageError(name, "empty file (0 bytes)")
@@ -80,7 +85,7 @@ def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
         reason = "not an image Pillow can read" if isinstance(exc, UnidentifiedImageError) else str(exc)
         raise ImageError(name, reason) from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(name, f"cannot open image: {exc}") from None
+        raise ImageError(name, f"cannot open image: {_explain(exc)}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise ImageError(
@@ -98,7 +103,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         # Pillow's own conversion clips 16-bit values at 255; scale the range instead.
         pixels = np.asarray(image, dtype=np.float32)
         top = 65535.0 if image.mode.startswith("I;16") else max(float(pixels.max()), 1.0)
-        image = Image.fromarray(np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8), mode="L")
+        image = Image.fromarray(np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -135,10 +140,7 @@ def decode_image(data: bytes, name: str, *, max_pixels: int = MAX_PIXELS, draft_
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
-        reason = str(exc) or type(exc).__name__
-        if "truncated" in reason:
-            reason = f"truncated or corrupt image data ({reason})"
-        raise ImageError(name, f"cannot decode image: {reason}") from None
+        raise ImageError(name, f"cannot decode image: {_explain(exc)}") from None
 
 
 def load_image(

@@ -26,9 +26,10 @@ from artistid.model_file import read_model_file, write_model_file
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["ImageInput", "Model"]
+__all__ = ["UNKNOWN", "ImageInput", "Model"]
 
 ImageInput = str | Path | bytes | Image.Image
+UNKNOWN = "unknown"
 
 
 def library_versions() -> dict[str, str]:
@@ -68,6 +69,19 @@ class Model:
     @property
     def metrics(self) -> dict[str, Any]:
         return dict(self.info.get("metrics", {}))
+
+    @property
+    def threshold(self) -> float | None:
+        """Below this top probability a painting is "unknown": none of the artists the model knows."""
+        value = self.info.get("calibration", {}).get("threshold")
+        return None if value is None else float(value)
+
+    def label_for(self, probabilities: np.ndarray) -> str:
+        """The artist named for one row of probabilities, or "unknown" below the rejection threshold."""
+        best = int(np.argmax(probabilities))
+        if self.threshold is not None and float(probabilities[best]) < self.threshold:
+            return UNKNOWN
+        return str(self.classes_[best])
 
     # --- predicting ----------------------------------------------------------------------------------------------
     def features(self, images: Sequence[ImageInput]) -> np.ndarray:
@@ -150,9 +164,10 @@ class Model:
             head.coef_ = tensors["head.weight"].float().numpy()
             head.intercept_ = tensors["head.bias"].float().numpy()
             head.n_features_in_ = int(meta["head"]["n_features"])
+            head.temperature_ = float(meta.get("calibration", {}).get("temperature", 1.0))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{uri}: model file is inconsistent ({type(exc).__name__}: {exc})") from None
-        info = {k: v for k, v in meta.items() if k in ("training", "metrics", "created")}
+        info = {k: v for k, v in meta.items() if k in ("training", "metrics", "calibration", "created")}
         return cls(backbone, head, precision=meta.get("precision", "auto"), info=info)
 
 
