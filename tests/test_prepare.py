@@ -73,6 +73,19 @@ def test_prepare_keeps_the_largest_copy_and_splits_without_leaks(tmp_path: Path)
         prepare(str(raw), tmp_path / "data")
 
 
+def test_a_painting_under_two_artists_stays_in_train(tmp_path: Path) -> None:
+    painting = make_jpeg(40, size=(400, 300))
+    files = {"A/same.jpg": painting, "B/same again.jpg": _copy_of(painting, 0.7)}
+    files.update({f"{artist}/{i}.jpg": make_jpeg(50 + 10 * n + i) for n, artist in enumerate("AB") for i in range(4)})
+    _write(tmp_path / "raw", files)
+    report = prepare(str(tmp_path / "raw"), tmp_path / "data", test_fraction=0.5)
+    (conflict,) = report.cross_artist_copies
+    assert {Path(conflict["a"]).name, Path(conflict["b"]).name} == {"same.jpg", "same again.jpg"}
+    assert (tmp_path / "data/Train/A/same.jpg").is_file() and (tmp_path / "data/Train/B/same again.jpg").is_file()
+    assert report.per_class == {"A": {"train": 3, "test": 2}, "B": {"train": 3, "test": 2}}
+    assert check_leaks(str(tmp_path / "data")).leaks == 0
+
+
 def test_check_finds_copies_across_train_and_test_of_any_artist(tmp_path: Path) -> None:
     monet, gogh = make_jpeg(1, size=(400, 300)), make_jpeg(2, size=(400, 300))
     _write(

@@ -65,6 +65,11 @@ FeatureNode = Annotated[
 ]
 Pooling = Annotated[str, typer.Option("--pooling", help="avg, or meanstd: channel means and stds (style).")]
 Precision = Annotated[str, typer.Option("--precision", help="auto, fp32 or bf16 (auto: bf16 where native).")]
+Engine = Annotated[str, typer.Option("--engine", help="local, or spark: run on Apache Spark (artistid[spark]).")]
+Master = Annotated[
+    str | None, typer.Option("--master", help="Spark master, e.g. local[2] [default: spark-submit's, else local[*]].")
+]
+Partitions = Annotated[int | None, typer.Option("--partitions", help="Spark partitions [default: 4 per core].")]
 
 
 def _options(items: list[str] | None) -> dict[str, Any] | None:
@@ -79,6 +84,28 @@ def _cache(cache_dir: Path | None, no_cache: bool) -> Any:
     from artistid.features import FeatureCache
 
     return None if no_cache else FeatureCache(cache_dir)
+
+
+def _spark(engine: str) -> Any:
+    """artistid.spark for --engine spark, None for local; a one-line error for anything else."""
+    if engine not in ("local", "spark"):
+        raise ArtistIdError(f"--engine must be local or spark; got {engine!r}")
+    if engine == "local":
+        return None
+    try:
+        from artistid import spark
+    except ImportError as exc:
+        raise ArtistIdError(f"--engine spark needs PySpark ({exc}): pip install 'artistid[spark]'") from None
+    return spark
+
+
+def _echo_spark_run(run: Any, done: str, as_json: bool) -> None:
+    if as_json:
+        _print_json(run.to_dict())
+        return
+    typer.echo(run.summary(done))
+    for path, reason in run.errors:
+        typer.echo(f"skipped {path}: {reason.removeprefix(path + ': ')}", err=True)
 
 
 def _configure_logging(quiet: bool) -> None:
@@ -139,22 +166,36 @@ def featurize(
     no_cache: NoCache = False,
     workers: Workers = None,
     storage_option: StorageOption = None,
+    engine: Engine = "local",
+    master: Master = None,
+    partitions: Partitions = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
-    """Compute feature vectors (path, label, features) for every image of DATA into a Parquet file."""
+    """Compute feature vectors (path, label, features) for every image of DATA into a Parquet file.
+
+    With --engine spark, OUTPUT is a Parquet folder (path, label, features, error) that `train` reads too.
+    """
     from artistid.backbones import create_backbone
     from artistid.datasets import load_dataset
     from artistid.features import FeatureExtractor
     from artistid.features import featurize as run_featurize
 
     _configure_logging(quiet)
+    spark = _spark(engine)
     options = _options(storage_option)
     dataset = load_dataset(data, options)
     network = create_backbone(
         backbone, weights=weights, feature_nodes=tuple(feature_node) if feature_node else None, pooling=pooling
     )  # type: ignore[arg-type]
     extractor = FeatureExtractor(network, precision=precision)  # type: ignore[arg-type]
+    if spark is not None:
+        with spark.session(master) as session:
+            run = spark.featurize(
+                dataset.samples, extractor, output, spark=session, storage_options=options, partitions=partitions
+            )
+        _echo_spark_run(run, "featurized", as_json)
+        return
     features = run_featurize(
         dataset.samples,
         extractor,
@@ -351,6 +392,9 @@ def evaluate_command(
     no_cache: NoCache = False,
     workers: Workers = None,
     storage_option: StorageOption = None,
+    engine: Engine = "local",
+    master: Master = None,
+    partitions: Partitions = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -360,17 +404,24 @@ def evaluate_command(
     from artistid.model import Model
 
     _configure_logging(quiet)
+    spark = _spark(engine)
     options = _options(storage_option)
     model = Model.load(model_path, options)
     samples = load_test_set(test, options)
-    evaluation = evaluate(
-        model,
-        samples,
-        cache=_cache(cache_dir, no_cache),
-        workers=workers,
-        storage_options=options,
-        progress=not quiet and not as_json,
-    )
+    if spark is not None:
+        with spark.session(master) as session:
+            evaluation = spark.evaluate(
+                model_path, samples, spark=session, storage_options=options, partitions=partitions
+            )
+    else:
+        evaluation = evaluate(
+            model,
+            samples,
+            cache=_cache(cache_dir, no_cache),
+            workers=workers,
+            storage_options=options,
+            progress=not quiet and not as_json,
+        )
     files = write_report(evaluation, report) if report else {}
     if as_json:
         _print_json({**evaluation.metrics, "report": files})
@@ -392,6 +443,12 @@ def predict(
     no_cache: NoCache = False,
     workers: Workers = None,
     storage_option: StorageOption = None,
+    engine: Engine = "local",
+    master: Master = None,
+    partitions: Partitions = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="Predictions Parquet folder to write (--engine spark).")
+    ] = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -400,7 +457,22 @@ def predict(
     from artistid.model import Model
 
     _configure_logging(True)
+    spark = _spark(engine)
     options = _options(storage_option)
+    if spark is not None:
+        if output is None:
+            raise ArtistIdError("--engine spark writes a Parquet folder: pass --output predictions.parquet")
+        with spark.session(master) as session:
+            samples = list_images(paths, options)
+            run = spark.predict(
+                model_path, samples, output, spark=session, storage_options=options, partitions=partitions
+            )
+        _echo_spark_run(run, "scored", as_json)
+        if strict and run.errors:
+            raise typer.Exit(1)
+        return
+    if output is not None:
+        raise ArtistIdError("--output is for --engine spark; the local engine prints its predictions")
     model = Model.load(model_path, options)
     samples = list_images(paths, options)
     features = model.features_for(
@@ -487,9 +559,7 @@ def prepare(
     from artistid.prepare import prepare as run_prepare
 
     _configure_logging(quiet or as_json)
-    report = run_prepare(
-        raw, to, test_fraction=test_fraction, seed=seed, storage_options=_options(storage_option)
-    )
+    report = run_prepare(raw, to, test_fraction=test_fraction, seed=seed, storage_options=_options(storage_option))
     if as_json:
         _print_json(asdict(report))
         return
@@ -520,6 +590,88 @@ def check(
         typer.echo(f"{report.leaks} near-duplicate pairs across Train ({report.train}) and Test ({report.test})")
     if report.leaks:
         raise typer.Exit(1)
+
+
+# --- serve, export ---------------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def serve(
+    model_path: Annotated[str, typer.Argument(metavar="MODEL", help="Model file, or an .onnx file from `export`.")],
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    max_upload_mb: Annotated[
+        float, typer.Option("--max-upload-mb", help="Largest request body accepted (413 above).")
+    ] = 20.0,
+    runtime: Annotated[
+        str | None,
+        typer.Option("--runtime", help="torch or onnx [default: onnx for an .onnx file, else torch]."),
+    ] = None,
+    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
+) -> None:
+    """Serve MODEL over HTTP: POST /v1/predict, GET /v1/model, a page at / and OpenAPI docs at /docs.
+
+    An .onnx file runs on ONNX Runtime without PyTorch; `--runtime onnx` with a model file exports it first.
+    """
+    import tempfile
+
+    from artistid.serve import runtime_for
+    from artistid.serve import serve as run_server
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    chosen = runtime_for(model_path, runtime)
+    with tempfile.TemporaryDirectory(prefix="artistid-serve-") as scratch:
+        if chosen == "onnx" and not model_path.lower().endswith(".onnx"):
+            from artistid.export import export_onnx
+            from artistid.model import Model
+
+            exported = str(Path(scratch) / (Path(model_path).stem + ".onnx"))
+            report = export_onnx(Model.load(model_path), exported, source=model_path)
+            typer.echo(f"exported {model_path} to ONNX (max probability difference {report.max_abs_diff:.2g})")
+            model_path = exported
+        elif chosen == "torch":
+            from artistid.model_file import read_metadata
+
+            read_metadata(model_path)  # a bad file fails here in one line, before the server starts
+        else:
+            from artistid.onnx_model import OnnxModel
+
+            OnnxModel.load(model_path)
+        run_server(
+            model_path, host=host, port=port, runtime=chosen, max_upload_mb=max_upload_mb, log_level=log_level
+        )
+
+
+@app.command()
+@handle_errors
+def export(
+    model_path: Annotated[str, typer.Argument(metavar="MODEL", help="Model file.")],
+    onnx: Annotated[Path, typer.Option("--onnx", help="ONNX file to write.")],
+    check_images: Annotated[
+        list[str] | None,
+        typer.Option("--check-images", help="Images or folders for the parity check [default: the demo set]."),
+    ] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Largest probability difference allowed.")] = 1e-4,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Export MODEL to ONNX (uint8 NHWC pixels in, probabilities out), checked against PyTorch in fp32."""
+    from artistid.datasets import list_images
+    from artistid.export import export_onnx
+    from artistid.model import Model
+
+    _configure_logging(quiet)
+    model = Model.load(model_path)
+    images = [s.path for s in list_images(check_images)] if check_images else None
+    report = export_onnx(model, onnx, check_images=images, tolerance=tolerance, source=model_path)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    typer.echo(
+        f"exported {model_path} -> {onnx}: ONNX Runtime matches PyTorch (fp32) on {report.images} images, "
+        f"max probability difference {report.max_abs_diff:.2g} (tolerance {report.tolerance:g})"
+    )
+    if report.bf16_max_abs_diff is not None:
+        typer.echo(f"(the model runs in bf16 under PyTorch; that differs by up to {report.bf16_max_abs_diff:.2g})")
 
 
 # --- demo ------------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ArtistIdError", "ImageError", "ModelFileError", "SourceError", "WeightsError"]
+__all__ = ["ArtistIdError", "ExportError", "ImageError", "ModelFileError", "SourceError", "WeightsError"]
 
 
 class ArtistIdError(Exception):
@@ -28,3 +28,7 @@ class WeightsError(ArtistIdError):
 
 class ModelFileError(ArtistIdError):
     """A model file that is truncated, not ours, or from an incompatible version."""
+
+
+class ExportError(ArtistIdError):
+    """An exported model that does not reproduce the trained one (or could not be written)."""

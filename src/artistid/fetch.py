@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 import re
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -156,9 +156,7 @@ def parse_manifest(text: str, source: str) -> list[FetchItem]:
 def _md5_of(info: dict[str, Any], fs: Any) -> str | None:
     """The MD5 a store reports for a file, as hex, where it gives one (Azure, GCS, S3 single-part, HTTP)."""
     settings = info.get("content_settings")
-    azure = (
-        settings.get("content_md5") if isinstance(settings, dict) else getattr(settings, "content_md5", None)
-    )
+    azure = settings.get("content_md5") if isinstance(settings, dict) else getattr(settings, "content_md5", None)
     if azure:
         return bytes(azure).hex()
     for key in ("md5Hash", "Content-MD5"):
@@ -181,11 +179,7 @@ def _list_prefix(source: str, storage_options: dict[str, Any] | None) -> list[Fe
     items: list[FetchItem] = []
     for path, info in sorted(fs.find(root, detail=True).items()):
         relative = path[len(root) :].lstrip("/")
-        if (
-            not relative
-            or any(part.startswith(".") for part in relative.split("/"))
-            or info.get("type") == "directory"
-        ):
+        if not relative or any(part.startswith(".") for part in relative.split("/")) or info.get("type") == "directory":
             continue
         uri = path if storage.is_local(source) else fs.unstrip_protocol(path)
         items.append(FetchItem(uri, relative, source, size=info.get("size"), md5=_md5_of(info, fs)))
@@ -284,6 +278,23 @@ def _fetch_one(
     return storage.with_retries(lambda: _download(fs, path, target, size, md5), what=item.uri, policy=retry)
 
 
+def _record(report: FetchReport, item: FetchItem, future: Future[int | None]) -> None:
+    try:
+        got = future.result()
+    except SourceError as exc:
+        report.failed.append((item.target, str(exc)))
+    except Exception as exc:
+        reason = f"{item.uri}: {storage.describe_error(exc)}"
+        logger.error("%s: failed: %s", item.origin, reason)
+        report.failed.append((item.target, reason))
+    else:
+        if got is None:
+            report.skipped.append(item.target)
+        else:
+            report.fetched.append(item.target)
+            report.bytes_fetched += got
+
+
 def fetch(
     source: str,
     to: str | Path,
@@ -304,32 +315,21 @@ def fetch(
     items = plan_fetch(source, storage_options, retry=retry, timeout=timeout)
     for item in items:
         safe_target(root, item.target, item.origin)
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SourceError(f"{root}: cannot create the destination folder: {exc.strerror or exc}") from None
     report = FetchReport()
-    with (
-        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch") as pool,
-        tqdm(total=len(items), unit="file", desc="fetch", disable=not progress) as bar,
-    ):
-        futures = {
-            pool.submit(_fetch_one, item, root, storage_options, retry, timeout): item for item in items
-        }
-        for future in as_completed(futures):
-            item = futures[future]
-            try:
-                got = future.result()
-            except SourceError as exc:
-                report.failed.append((item.target, str(exc)))
-            except Exception as exc:
-                reason = f"{item.uri}: {storage.describe_error(exc)}"
-                logger.error("%s: failed: %s", item.origin, reason)
-                report.failed.append((item.target, reason))
-            else:
-                if got is None:
-                    report.skipped.append(item.target)
-                else:
-                    report.fetched.append(item.target)
-                    report.bytes_fetched += got
-            bar.update()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+    try:
+        futures = {pool.submit(_fetch_one, item, root, storage_options, retry, timeout): item for item in items}
+        with tqdm(total=len(items), unit="file", desc="fetch", disable=not progress) as bar:
+            for future in as_completed(futures):
+                _record(report, futures[future], future)
+                bar.update()
+    finally:
+        # On Ctrl-C, drop the queued downloads instead of running them all before exiting.
+        pool.shutdown(wait=True, cancel_futures=True)
     report.failed.sort()
     logger.info("fetch %s -> %s: %s", source, root, report.summary())
     return report

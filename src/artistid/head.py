@@ -1,8 +1,12 @@
 """The dense layer trained on top of frozen features, as a scikit-learn classifier.
 
 `ArtistHead` follows the estimator contract: `__init__` only stores, `fit` learns `classes_`, `coef_`,
-`intercept_`, and `predict` / `predict_proba` share one scorer. The training loop is
-the reference design's: minibatch SGD with momentum and L2 weight decay, a learning rate per epoch.
+`intercept_`, and `predict` / `predict_proba` share one scorer. The default training loop is
+the reference design's: minibatch SGD with momentum and L2 weight decay, a learning rate per epoch. `solver="lbfgs"`
+fits the same L2-regularized softmax to convergence instead (better on wide features such as style statistics), and
+`standardize=True` trains on standardized features; either way the result is folded into one linear layer on the
+raw features, so the model file holds the same tensors. `temperature_` (1 unless calibrated) divides the scores
+before the softmax.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-__all__ = ["ArtistHead", "parse_lr_schedule"]
+__all__ = ["SOLVERS", "ArtistHead", "parse_lr_schedule"]
 
 logger = logging.getLogger(__name__)
+
+SOLVERS: tuple[str, ...] = ("sgd", "lbfgs")
 
 
 def parse_lr_schedule(text: str) -> list[tuple[float, int | None]]:
@@ -62,6 +68,9 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
         balance: bool = False,
         patience: int | None = None,
         seed: int = 123,
+        solver: str = "sgd",
+        standardize: bool = False,
+        max_iter: int = 1000,
     ) -> None:
         self.epochs = epochs
         self.batch_size = batch_size
@@ -71,6 +80,9 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
         self.balance = balance
         self.patience = patience
         self.seed = seed
+        self.solver = solver
+        self.standardize = standardize
+        self.max_iter = max_iter
 
     def _check_params(self) -> list[tuple[float, int | None]]:
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
@@ -81,34 +93,105 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
             raise ValueError(f"momentum must be in [0, 1); got {self.momentum!r}")
         if self.l2 < 0:
             raise ValueError(f"l2 must be >= 0; got {self.l2!r}")
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}; got {self.solver!r}")
+        if self.solver == "lbfgs" and self.l2 <= 0:
+            raise ValueError(f"the lbfgs solver needs l2 > 0; got {self.l2!r}")
+        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
+            raise ValueError(f"max_iter must be a positive integer; got {self.max_iter!r}")
         return parse_lr_schedule(self.lr)
 
-    def fit(self, X: Any, y: Any, *, X_val: Any = None, y_val: Any = None) -> ArtistHead:
-        import torch
-
+    def fit(self, X: Any, y: Any, *, X_val: Any = None, y_val: Any = None) -> ArtistHead:  # noqa: N803
         schedule = self._check_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
         self.classes_, targets = np.unique(y, return_inverse=True)
-        # Raw features, as the reference design fed them: at its learning rates this beats standardizing them.
-        features = torch.from_numpy(X).float()
+        # Raw features by default, as the reference design fed them: at its learning rates this beats
+        # standardizing them. Wide, mixed-scale features (style statistics) need standardizing.
+        center = X.mean(axis=0) if self.standardize else np.zeros(X.shape[1], np.float32)
+        scale = X.std(axis=0) if self.standardize else np.ones(X.shape[1], np.float32)
+        scale = np.where(scale > 1e-6, scale, 1.0).astype(np.float32)
+        self._center, self._scale = center.astype(np.float32), scale
+        inputs = (X - self._center) / self._scale
+        validate = X_val is not None and y_val is not None and len(y_val) > 0
+        self.history_: list[dict[str, float]] = []
+        if self.solver == "lbfgs":
+            self._fit_lbfgs(inputs, targets, X_val if validate else None, y_val if validate else None)
+        else:
+            self._fit_sgd(inputs, targets, schedule, X_val if validate else None, y_val if validate else None)
+        del self._center, self._scale
+        return self
+
+    def _set_layer(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        """Folds the standardization into the layer, so that it applies to raw features."""
+        self.coef_ = (weight / self._scale).astype(np.float32)
+        self.intercept_ = (bias - self.coef_ @ self._center).astype(np.float32)
+
+    def _class_weights(self, targets: np.ndarray) -> np.ndarray | None:
+        if not self.balance:
+            return None
+        counts = np.bincount(targets, minlength=len(self.classes_)).astype(np.float32)
+        return counts.sum() / (len(counts) * np.maximum(counts, 1))
+
+    def _fit_lbfgs(self, inputs: np.ndarray, targets: np.ndarray, X_val: Any, y_val: Any) -> None:  # noqa: N803
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+
+        # The same objective as SGD's weight decay: mean cross-entropy + l2/2 * |W|^2, i.e. C = 1 / (l2 * n).
+        weights = self._class_weights(targets)
+        solver = LogisticRegression(
+            C=1.0 / (self.l2 * len(targets)),
+            max_iter=self.max_iter,
+            class_weight=None if weights is None else dict(enumerate(weights.tolist())),
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            solver.fit(inputs, targets)
+        if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            logger.warning("the lbfgs head did not converge in %d iterations; raise max_iter", self.max_iter)
+        weight, bias = solver.coef_, solver.intercept_
+        if len(self.classes_) == 2:  # scikit-learn keeps one row for two classes: make it a two-row softmax
+            weight = np.vstack([-weight / 2, weight / 2])
+            bias = np.array([-bias[0] / 2, bias[0] / 2])
+        self._set_layer(weight, bias)
+        probabilities = solver.predict_proba(inputs)
+        record = {
+            "epoch": 1,
+            "lr": 0.0,
+            "loss": float(-np.mean(np.log(np.maximum(probabilities[np.arange(len(targets)), targets], 1e-12)))),
+            "train_error": float(np.mean(probabilities.argmax(axis=1) != targets)),
+            "iterations": int(np.max(solver.n_iter_)),
+        }
+        if X_val is not None:
+            record["val_accuracy"] = float(np.mean(self.predict(X_val) == np.asarray(y_val)))
+        self.history_.append(record)
+        logger.info("lbfgs %s", record)
+
+    def _fit_sgd(
+        self,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        schedule: list[tuple[float, int | None]],
+        X_val: Any,  # noqa: N803
+        y_val: Any,
+    ) -> None:
+        import torch
+
+        features = torch.from_numpy(np.ascontiguousarray(inputs)).float()
         labels = torch.from_numpy(targets).long()
         generator = torch.Generator().manual_seed(self.seed)
         layer = torch.nn.Linear(features.shape[1], len(self.classes_))
         with torch.no_grad():  # a seeded, zero start: the same seed and data always give the same model
             layer.weight.zero_()
             layer.bias.zero_()
-        weights = None
-        if self.balance:
-            counts = np.bincount(targets, minlength=len(self.classes_)).astype(np.float32)
-            weights = torch.from_numpy(counts.sum() / (len(counts) * np.maximum(counts, 1)))
-        loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
+        weights = self._class_weights(targets)
+        loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else torch.from_numpy(weights))
         optimizer = torch.optim.SGD(
             layer.parameters(), lr=_rate_for_epoch(schedule, 0), momentum=self.momentum, weight_decay=self.l2
         )
-        validate = X_val is not None and y_val is not None and len(y_val) > 0
         best_accuracy, best_state, waited = -1.0, None, 0
-        self.history_: list[dict[str, float]] = []
         for epoch in range(self.epochs):
             for group in optimizer.param_groups:
                 group["lr"] = _rate_for_epoch(schedule, epoch)
@@ -129,9 +212,8 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
                 "loss": total_loss / len(labels),
                 "train_error": wrong / len(labels),
             }
-            self.coef_ = layer.weight.detach().numpy().copy()
-            self.intercept_ = layer.bias.detach().numpy().copy()
-            if validate:
+            self._set_layer(layer.weight.detach().numpy(), layer.bias.detach().numpy())
+            if X_val is not None:
                 record["val_accuracy"] = float(np.mean(self.predict(X_val) == np.asarray(y_val)))
                 if record["val_accuracy"] > best_accuracy:
                     best_accuracy, best_state, waited = record["val_accuracy"], (self.coef_, self.intercept_), 0
@@ -139,11 +221,10 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
                     waited += 1
             self.history_.append(record)
             logger.info("epoch %s", record)
-            if validate and self.patience is not None and waited >= self.patience:
+            if X_val is not None and self.patience is not None and waited >= self.patience:
                 break
-        if validate and best_state is not None:  # keep the epoch that validated best
+        if best_state is not None:  # keep the epoch that validated best
             self.coef_, self.intercept_ = best_state
-        return self
 
     def _scores(self, X: Any) -> np.ndarray:  # noqa: N803
         check_is_fitted(self, ("coef_", "intercept_"))

@@ -155,9 +155,7 @@ def _as_array(values: list[int]) -> np.ndarray:
     return np.array(values, dtype=np.uint64)
 
 
-def near_duplicate_pairs(
-    a: list[HashedImage], b: list[HashedImage] | None = None
-) -> list[tuple[int, int, int, int]]:
+def near_duplicate_pairs(a: list[HashedImage], b: list[HashedImage] | None = None) -> list[tuple[int, int, int, int]]:
     """(i, j, pHash distance, dHash distance) for every near-duplicate pair: within `a` (i < j), or a x b."""
     if not a or (b is not None and not b):
         return []
@@ -244,9 +242,7 @@ def prepare(
             if len(copies) > 1:
                 report.groups_with_duplicates += 1
                 report.duplicates_removed += len(copies) - 1
-                report.groups.append(
-                    {"artist": name, "kept": copies[0].path, "removed": [h.path for h in copies[1:]]}
-                )
+                report.groups.append({"artist": name, "kept": copies[0].path, "removed": [h.path for h in copies[1:]]})
 
     # Copies under two artists are label conflicts, not duplicates to drop: both stay, both in Train.
     train_only: set[str] = set()
@@ -278,9 +274,7 @@ def prepare(
 # ---------------------------------------------------------------------------------------------- check
 
 
-def check_leaks(
-    data: str, storage_options: dict[str, Any] | None = None, *, workers: int | None = None
-) -> LeakReport:
+def check_leaks(data: str, storage_options: dict[str, Any] | None = None, *, workers: int | None = None) -> LeakReport:
     """Near-duplicate pairs with one image in Train and the other in Test, of any artists, closest first."""
     dataset = load_dataset(data, storage_options)
     if not dataset.test:
@@ -292,8 +286,6 @@ def check_leaks(
         source=data,
         train=len(dataset.train),
         test=len(dataset.test),
-        pairs=[
-            {"train": train[i].path, "test": test[j].path, "phash": p, "dhash": d} for i, j, p, d in pairs
-        ],
+        pairs=[{"train": train[i].path, "test": test[j].path, "phash": p, "dhash": d} for i, j, p, d in pairs],
         unreadable=[{"path": e.path, "reason": e.reason} for e in failed_train + failed_test],
     )

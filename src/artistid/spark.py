@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -71,25 +72,35 @@ Kind = Literal["features", "predictions"]
 # --- the session -----------------------------------------------------------------------------------------------
 
 
-def spark_session(master: str | None = None, *, app_name: str = "artistid") -> SparkSession:
+def spark_session(
+    master: str | None = None, *, app_name: str = "artistid", conf: dict[str, str] | None = None
+) -> SparkSession:
     """The active session, or a new one on `master` (default: what spark-submit set, else local[*]).
 
-    Executors started from here run this Python, so they see the same artistid, torch and weights packages.
+    Local executors started from here run this Python, so they see the same artistid, torch and weights packages
+    (on a cluster, spark-submit's --archives and spark.pyspark.python say which Python runs: see docs/spark.md).
     """
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     if master:
         builder = builder.master(master)
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, value)
     return builder.getOrCreate()
 
 
 @contextmanager
 def session(master: str | None = None) -> Iterator[SparkSession]:
-    """A session for one command: stopped at the end only if this call started it."""
+    """A session for one command: quiet, and stopped at the end only if this call started it."""
     existing = SparkSession.getActiveSession()
     spark = spark_session(master)
+    if existing is None:
+        spark.sparkContext.setLogLevel("ERROR")
     try:
-        yield spark
+        with warnings.catch_warnings():
+            # PySpark 4 warns about pandas 3 on every Arrow job, though this engine hands it Arrow, not pandas.
+            warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
+            yield spark
     finally:
         if existing is None:
             spark.stop()
@@ -277,6 +288,14 @@ class SparkRun:
     seconds: float = 0.0
     partitions: int = 0
 
+    def summary(self, done: str) -> str:
+        """One line for people: `30 images featurized in 4.2 s (7 img/s, 2 partitions) -> out.parquet`."""
+        rate = self.images / max(self.seconds, 1e-9)
+        return (
+            f"{self.images} images {done} in {self.seconds:.1f} s ({rate:.1f} img/s, {self.partitions} partitions)"
+            f" -> {self.output}"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "images": self.images,
@@ -305,7 +324,9 @@ def samples_frame(spark: SparkSession, samples: Sequence[Sample], partitions: in
 
 
 def _ship(spark: SparkSession, file: Path, kind: Kind, identity: str, **options: Any) -> _Job:
-    spark.sparkContext.addFile(str(file))  # the same path twice is a no-op
+    context = spark.sparkContext
+    if not any(shipped.endswith(f"/{file.name}") for shipped in context.listFiles):
+        context.addFile(str(file))
     return _Job(kind=kind, file_name=file.name, identity=identity, **options)
 
 

@@ -148,9 +148,7 @@ def local_path(uri: str | Path) -> Path:
     return Path(text[len("file://") :] if text.startswith("file://") else text)
 
 
-def url_to_fs(
-    uri: str | Path, storage_options: dict[str, Any] | None = None
-) -> tuple[AbstractFileSystem, str]:
+def url_to_fs(uri: str | Path, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
     try:
         return fsspec.core.url_to_fs(str(uri), **(storage_options or {}))
     except (ImportError, ValueError) as exc:
@@ -220,12 +218,23 @@ def write_bytes_atomic(
             raise
         return
     fs, path = url_to_fs(uri, storage_options)
-    parent = fs._parent(path)
 
     def upload() -> None:
-        # Creates the container or bucket where missing; folders in object stores need no creating.
-        if parent and not fs.exists(parent):
-            fs.mkdir(parent, create_parents=True)
-        fs.pipe_file(path, data)
+        try:
+            fs.pipe_file(path, data)
+        except Exception as exc:
+            if not _is_missing(exc):
+                raise
+            # The container or bucket does not exist yet: create it (folders in object stores need none).
+            fs.mkdir(fs._parent(path), create_parents=True)
+            fs.pipe_file(path, data)
 
     with_retries(upload, what=str(uri), policy=retry)
+
+
+def _is_missing(exc: BaseException) -> bool:
+    for error in _chain(exc):
+        status = getattr(error, "status", None) or getattr(error, "status_code", None)
+        if isinstance(error, FileNotFoundError) or status == 404:
+            return True
+    return False

@@ -1,0 +1,253 @@
+"""`artistid export MODEL --onnx OUT.onnx`: the whole model as one ONNX graph, checked against PyTorch.
+
+The graph maps uint8 pixels (batch, size, size, 3), RGB, as `artistid.images.load_image` returns them, to class
+probabilities: normalization, the backbone cut at its feature layer, the head, temperature and softmax. Class names,
+preprocessing and the rejection threshold travel in the file's `metadata_props` (see `artistid.onnx_model`).
+
+Export and check run in fp32. A model that featurizes in bf16 (the default where the CPU has it) is exported with
+fp32 arithmetic, and ONNX Runtime is compared with the PyTorch fp32 forward of the same pipeline: the same artist
+for every sample image and every probability within `tolerance`, else the export fails saying by how much and no
+file is written. The bf16 difference is reported beside it, for information.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib.resources import as_file, files
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from artistid.errors import ExportError, ImageError
+from artistid.images import is_image_name, load_image
+from artistid.onnx_model import (
+    INPUT_NAME,
+    METADATA_KEY,
+    ONNX_FORMAT,
+    ONNX_FORMAT_VERSION,
+    OUTPUT_NAME,
+    OnnxModel,
+    file_sha256,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from artistid.model import Model
+
+__all__ = ["ExportReport", "check_parity", "export_onnx", "pipeline_module", "sample_pixels"]
+
+logger = logging.getLogger(__name__)
+
+TOLERANCE = 1e-4
+OPSET = 17
+SAMPLE_IMAGES = 16
+
+
+@dataclass
+class ExportReport:
+    """What the export wrote and how closely ONNX Runtime reproduces PyTorch on the sample images."""
+
+    path: str
+    images: int
+    max_abs_diff: float  # ONNX Runtime vs the PyTorch fp32 pipeline
+    head_max_abs_diff: float  # the PyTorch pipeline vs the model's own head on fp32 features
+    bf16_max_abs_diff: float | None  # ONNX Runtime vs the model as it runs in bf16 (information only)
+    tolerance: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pipeline_module(model: Model) -> nn.Module:
+    """The model as one fp32 torch module: uint8 NHWC pixels -> probabilities."""
+    import torch
+    from torch import nn
+
+    class Pipeline(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            preprocess = model.preprocess
+            self.extract = model.backbone  # not an nn.Module: its network is registered below
+            self.network = model.backbone.network
+            self.register_buffer("mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+            self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+            self.register_buffer("weight", torch.as_tensor(np.asarray(model.head.coef_, dtype=np.float32)))
+            self.register_buffer("bias", torch.as_tensor(np.asarray(model.head.intercept_, dtype=np.float32)))
+            self.temperature = float(getattr(model.head, "temperature_", 1.0))
+
+        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+            batch = (pixels.permute(0, 3, 1, 2).float() - self.mean) / self.std
+            logits = self.extract(batch) @ self.weight.T + self.bias
+            return torch.softmax(logits / self.temperature, dim=1)
+
+    return Pipeline().eval()
+
+
+def _demo_images() -> list[str]:
+    with as_file(files("artistid") / "demo_data" / "Test") as root:
+        return sorted(str(p) for p in Path(root).rglob("*") if p.is_file() and is_image_name(p.name))
+
+
+def sample_pixels(model: Model, images: Sequence[str] | None = None, limit: int = SAMPLE_IMAGES) -> np.ndarray:
+    """Decoded sample images for the check: the given files, or paintings from the shipped demo set."""
+    paths = list(images) if images else _demo_images()
+    if len(paths) > limit:  # an even spread over the (sorted, so by artist) list
+        paths = [paths[i] for i in np.linspace(0, len(paths) - 1, limit).round().astype(int)]
+    pixels = []
+    for path in paths:
+        try:
+            pixels.append(load_image(path, model.preprocess))
+        except ImageError as exc:
+            logger.warning("parity check skips %s", exc)
+    if not pixels:
+        raise ExportError(f"no usable image to check the export with (tried {len(paths)}): pass --check-images")
+    return np.stack(pixels)
+
+
+def _fp32_reference(model: Model, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The pipeline's probabilities, and the model's own head on fp32 features of the same pixels."""
+    import torch
+
+    pipeline = pipeline_module(model)
+    with torch.inference_mode():
+        probabilities = pipeline(torch.from_numpy(pixels)).numpy()
+        features = model.backbone(model.extractor.to_input(pixels)).float().cpu().numpy()
+    return probabilities, model.head.predict_proba(features)
+
+
+def check_parity(onnx_model: OnnxModel, model: Model, pixels: np.ndarray, tolerance: float = TOLERANCE) -> float:
+    """Largest probability difference between ONNX Runtime and the PyTorch fp32 pipeline; raises ExportError if
+    an artist differs or the difference is over `tolerance`."""
+    expected, _ = _fp32_reference(model, pixels)
+    return _compare(onnx_model.predict_pixels(pixels), expected, tolerance, onnx_model.path)
+
+
+def _compare(actual: np.ndarray, expected: np.ndarray, tolerance: float, name: str) -> float:
+    if actual.shape != expected.shape:
+        raise ExportError(f"{name}: ONNX gives probabilities of shape {actual.shape}, PyTorch {expected.shape}")
+    diff = float(np.abs(actual - expected).max())
+    differ = int((actual.argmax(axis=1) != expected.argmax(axis=1)).sum())
+    if differ or not diff <= tolerance:  # `not <=` also catches NaN
+        raise ExportError(
+            f"{name}: ONNX Runtime disagrees with PyTorch (fp32) on {len(actual)} sample images: max probability "
+            f"difference {diff:.3g} (tolerance {tolerance:g}), {differ} with a different artist"
+        )
+    return diff
+
+
+def _metadata(model: Model, source: str | None, pixels_checked: int, diff: float) -> dict[str, Any]:
+    meta = model.to_metadata()
+    return {
+        "format": ONNX_FORMAT,
+        "version": ONNX_FORMAT_VERSION,
+        "classes": meta["classes"],
+        "preprocess": meta["preprocess"],
+        "threshold": model.threshold,
+        "temperature": float(getattr(model.head, "temperature_", 1.0)),
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "uint8",
+            "layout": "NHWC",
+            "shape": ["batch", model.preprocess.size, model.preprocess.size, 3],
+            "channels": "RGB",
+            "note": "pixels as artistid.images.load_image returns them; normalization is inside the graph",
+        },
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(meta["classes"])], "what": "softmax probabilities"},
+        "precision": "fp32",
+        "backbone": meta["backbone"],
+        "metrics": meta.get("metrics", {}),
+        "training": meta.get("training", {}),
+        "source_model": {
+            "name": Path(source).name if source else None,
+            "sha256": file_sha256(source) if source and Path(source).is_file() else None,
+            "precision": model.extractor.precision,
+        },
+        "parity": {"images": pixels_checked, "max_abs_diff": diff, "reference": "PyTorch fp32"},
+        "versions": meta.get("versions", {}),
+        "exported": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _trace_to_onnx(model: Model, example: np.ndarray, path: str) -> None:
+    import torch
+
+    with warnings.catch_warnings():
+        # The TorchScript exporter is exact for this feed-forward graph and needs no onnxscript; torch only
+        # warns that it is no longer the default.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX.*")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(
+            pipeline_module(model),
+            (torch.from_numpy(example),),
+            path,
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=OPSET,
+        )
+
+
+def _run_onnx(path: str, pixels: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
+
+
+def export_onnx(
+    model: Model,
+    output: str | Path,
+    *,
+    check_images: Sequence[str] | None = None,
+    tolerance: float = TOLERANCE,
+    source: str | None = None,
+) -> ExportReport:
+    """Writes `output` (atomically) once ONNX Runtime reproduces the PyTorch fp32 pipeline on sample images."""
+    import onnx
+
+    started = time.perf_counter()
+    output = Path(output)
+    pixels = sample_pixels(model, check_images)
+    expected, head_expected = _fp32_reference(model, pixels)
+    head_diff = _compare(expected, head_expected, tolerance, f"{source or 'model'} (export pipeline vs head)")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent)
+    os.close(handle)
+    try:
+        _trace_to_onnx(model, pixels[:2], partial)
+        diff = _compare(_run_onnx(partial, pixels), expected, tolerance, str(output))
+        graph = onnx.load(partial)
+        onnx.checker.check_model(graph)
+        onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps(_metadata(model, source, len(pixels), diff))})
+        onnx.save(graph, partial)
+        OnnxModel.load(partial)  # reads back as `artistid serve` will
+        os.replace(partial, output)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    bf16_diff = None
+    if model.extractor.precision == "bf16":
+        bf16_diff = float(np.abs(model.head.predict_proba(model.extractor(pixels)) - expected).max())
+    report = ExportReport(
+        path=str(output),
+        images=len(pixels),
+        max_abs_diff=diff,
+        head_max_abs_diff=head_diff,
+        bf16_max_abs_diff=bf16_diff,
+        tolerance=tolerance,
+        seconds=time.perf_counter() - started,
+    )
+    logger.info("exported %s: max probability difference %.3g on %d images", output, diff, len(pixels))
+    return report

@@ -1,0 +1,103 @@
+"""`OnnxModel`: a model exported by `artistid export`, run by ONNX Runtime without PyTorch.
+
+The graph takes what `artistid.images.load_image` returns, stacked: uint8 pixels, NHWC, (batch, size, size, 3) in RGB
+order, and gives softmax probabilities (batch, classes). Normalization, backbone, head and temperature are inside
+the graph; everything else (class names, preprocessing, rejection threshold) is JSON in the ONNX file's
+`metadata_props` under the key "artistid", so any ONNX runtime in any language can use the file.
+
+This module imports neither torch nor onnx: serving an .onnx file needs only onnxruntime, numpy and Pillow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from artistid.errors import ModelFileError
+from artistid.images import Preprocess
+
+__all__ = ["INPUT_NAME", "METADATA_KEY", "ONNX_FORMAT", "OUTPUT_NAME", "UNKNOWN", "OnnxModel", "file_sha256"]
+
+ONNX_FORMAT = "artistid-onnx"
+ONNX_FORMAT_VERSION = 1
+METADATA_KEY = "artistid"
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "probabilities"
+UNKNOWN = "unknown"  # the label below the rejection threshold, as `artistid.model.UNKNOWN`
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class OnnxModel:
+    """Class probabilities for uint8 NHWC pixels, with the metadata the export wrote."""
+
+    def __init__(self, session: Any, metadata: dict[str, Any], *, path: str = "", sha256: str = "") -> None:
+        self.session = session
+        self.metadata = metadata
+        self.path = path
+        self.sha256 = sha256
+        self.classes_ = np.asarray(metadata["classes"], dtype=object)
+        self.preprocess = Preprocess.from_dict(metadata["preprocess"])
+        threshold = metadata.get("threshold")
+        self.threshold: float | None = None if threshold is None else float(threshold)
+
+    @classmethod
+    def load(cls, path: str | Path, *, threads: int | None = None) -> OnnxModel:
+        """Opens an .onnx file written by `artistid export`; raises ModelFileError if it is not one."""
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFileError(f"{path}: ONNX model file not found")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFileError(f"{path}: not a readable ONNX model ({first_line})") from None
+        raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        try:
+            metadata = json.loads(raw) if raw else {}
+        except ValueError:
+            metadata = {}
+        if metadata.get("format") != ONNX_FORMAT:
+            raise ModelFileError(f"{path}: not exported by `artistid export` (no artistid metadata in the ONNX file)")
+        if metadata.get("version") != ONNX_FORMAT_VERSION:
+            raise ModelFileError(
+                f"{path}: artistid ONNX format version {metadata.get('version')} is not supported "
+                f"(this artistid reads version {ONNX_FORMAT_VERSION}); export the model again"
+            )
+        try:
+            return cls(session, metadata, path=str(path), sha256=file_sha256(path))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(f"{path}: artistid metadata is inconsistent ({type(exc).__name__}: {exc})") from None
+
+    @property
+    def backbone(self) -> dict[str, Any]:
+        return dict(self.metadata.get("backbone", {}))
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities (n, classes) for uint8 pixels (n, size, size, 3)."""
+        if len(pixels) == 0:
+            return np.zeros((0, len(self.classes_)), dtype=np.float32)
+        (probabilities,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(pixels, dtype=np.uint8)})
+        return probabilities
+
+    def label_for(self, probabilities: np.ndarray) -> str:
+        """The artist named for one row of probabilities, or "unknown" below the rejection threshold."""
+        best = int(np.argmax(probabilities))
+        if self.threshold is not None and float(probabilities[best]) < self.threshold:
+            return UNKNOWN
+        return str(self.classes_[best])

@@ -1,0 +1,352 @@
+"""`artistid serve MODEL`: a web service and a page that name the artist of a painting.
+
+    POST /v1/predict   multipart `files` (one or more images) -> artist, probability and top-k per image
+    GET  /v1/model     classes, backbone, preprocessing, threshold, training metrics
+    GET  /healthz      liveness, and how requests were batched
+    GET  /             the page: drop a painting, see the artist and the probabilities
+    GET  /docs         OpenAPI
+
+A model file (.safetensors) runs on PyTorch; an .onnx file from `artistid export` runs on ONNX Runtime, and that
+path never imports torch. Requests are decoded in the thread pool and then micro-batched for the model
+(`artistid.batching`). Bad input is a 4xx naming the file and the reason: 413 over the upload limit, 415 for a file
+that is not an image, 422 for one that cannot be decoded (truncated, decompression bomb, empty).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib.resources import files as package_files
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from artistid.batching import MicroBatcher
+from artistid.errors import ArtistIdError, ImageError, ModelFileError
+from artistid.images import Preprocess, load_image
+from artistid.onnx_model import OnnxModel, file_sha256
+
+__all__ = ["DEFAULT_MAX_UPLOAD_MB", "ServedModel", "create_app", "load_served_model", "runtime_for", "serve"]
+
+logger = logging.getLogger(__name__)
+
+Runtime = Literal["torch", "onnx"]
+DEFAULT_MAX_UPLOAD_MB = 20.0
+MAX_FILES = 64
+STATIC = package_files("artistid") / "static"
+
+
+# --- the model behind the service ------------------------------------------------------------------------------
+class ModelIdentity(BaseModel):
+    name: str = Field(description="File name of the model being served.")
+    sha256: str = Field(description="sha256 of that file: which model answered.")
+    backbone: str
+    runtime: Runtime
+    precision: str = Field(description="Arithmetic of the forward pass: fp32 or bf16.")
+
+
+class ModelInfo(BaseModel):
+    model: ModelIdentity
+    classes: list[str]
+    threshold: float | None = Field(description='Below this top probability the artist is "unknown".')
+    preprocess: dict[str, Any]
+    backbone: dict[str, Any]
+    metrics: dict[str, Any] = Field(description="Test-set metrics recorded at training time.")
+    training: dict[str, Any]
+
+
+@dataclass
+class ServedModel:
+    """What the service needs from a model, whichever runtime computes it."""
+
+    predict: Callable[[np.ndarray], np.ndarray]  # uint8 (n, size, size, 3) -> probabilities (n, classes)
+    label_for: Callable[[np.ndarray], str]
+    preprocess: Preprocess
+    info: ModelInfo
+
+
+def runtime_for(path: str | Path, runtime: str | None = None) -> Runtime:
+    if runtime is None:
+        return "onnx" if str(path).lower().endswith(".onnx") else "torch"
+    if runtime not in ("torch", "onnx"):
+        raise ValueError(f"runtime must be torch or onnx; got {runtime!r}")
+    return runtime  # type: ignore[return-value]
+
+
+def _load_onnx(path: Path) -> ServedModel:
+    model = OnnxModel.load(path)
+    meta = model.metadata
+    identity = ModelIdentity(
+        name=path.name,
+        sha256=model.sha256,
+        backbone=str(model.backbone.get("name", "")),
+        runtime="onnx",
+        precision=str(meta.get("precision", "fp32")),
+    )
+    info = ModelInfo(
+        model=identity,
+        classes=[str(c) for c in model.classes_],
+        threshold=model.threshold,
+        preprocess=model.preprocess.to_dict(),
+        backbone=model.backbone,
+        metrics=meta.get("metrics", {}),
+        training=meta.get("training", {}),
+    )
+    return ServedModel(model.predict_pixels, model.label_for, model.preprocess, info)
+
+
+def _load_torch(path: Path) -> ServedModel:
+    from artistid.model import Model
+
+    model = Model.load(path)
+    meta = model.to_metadata()
+    identity = ModelIdentity(
+        name=path.name,
+        sha256=file_sha256(path),
+        backbone=model.backbone.spec.name,
+        runtime="torch",
+        precision=model.extractor.precision,
+    )
+    info = ModelInfo(
+        model=identity,
+        classes=meta["classes"],
+        threshold=model.threshold,
+        preprocess=meta["preprocess"],
+        backbone=meta["backbone"],
+        metrics=meta.get("metrics", {}),
+        training=meta.get("training", {}),
+    )
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        return model.head.predict_proba(model.extractor(pixels))
+
+    return ServedModel(predict, model.label_for, model.preprocess, info)
+
+
+def load_served_model(path: str | Path, runtime: str | None = None) -> ServedModel:
+    """A model file on PyTorch, or an exported .onnx file on ONNX Runtime (torch is then never imported)."""
+    path = Path(path)
+    chosen = runtime_for(path, runtime)
+    if chosen == "onnx":
+        return _load_onnx(path)
+    if path.suffix.lower() == ".onnx":
+        raise ModelFileError(f"{path}: an ONNX file runs on the onnx runtime, not torch")
+    return _load_torch(path)
+
+
+# --- responses -------------------------------------------------------------------------------------------------
+class ArtistScore(BaseModel):
+    artist: str
+    probability: float
+
+
+class Prediction(BaseModel):
+    filename: str
+    artist: str = Field(description='The artist named, or "unknown" when the top probability is below the threshold.')
+    probability: float = Field(description="Probability of the most likely artist.")
+    top_k: list[ArtistScore]
+
+
+class PredictResponse(BaseModel):
+    model: ModelIdentity
+    predictions: list[Prediction]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    runtime: Runtime
+    requests: int = Field(description="Requests the model has answered.")
+    images: int
+    batches: int = Field(description="Model calls; fewer than requests when concurrent requests were batched.")
+    largest_batch: int
+
+
+class ErrorDetail(BaseModel):
+    detail: str
+
+
+# --- bad input -------------------------------------------------------------------------------------------------
+def _status_for(exc: ArtistIdError) -> int:
+    if isinstance(exc, ImageError):
+        # Pillow could not even identify the format: the media type is wrong, not the image's data.
+        return 415 if exc.reason.startswith("not an image") else 422
+    return 400
+
+
+class UploadLimit:
+    """Refuses request bodies over `max_bytes` with 413, whether they declare their length or stream it.
+
+    The rest of a refused body is read and dropped (up to a bound) so that the client sees the 413 rather than a
+    connection reset while it is still sending.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.drain_bytes = max(4 * max_bytes, 64 << 20)
+
+    def _message(self) -> str:
+        return f"upload is over the limit of {self.max_bytes / 1e6:g} MB (the server's --max-upload-mb)"
+
+    async def _drain(self, receive: Receive) -> None:
+        dropped = 0
+        while dropped <= self.drain_bytes:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
+            dropped += len(message.get("body", b""))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._drain(receive)
+            await JSONResponse({"detail": self._message()}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    if message.get("more_body", False):
+                        await self._drain(receive)
+                    # FastAPI passes an HTTPException raised while reading the form on to its handler.
+                    raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, limited, send)
+
+
+# --- the app ---------------------------------------------------------------------------------------------------
+def _decode_all(uploads: list[tuple[str, bytes]], preprocess: Preprocess) -> np.ndarray:
+    return np.stack([load_image(data, preprocess, name=name) for name, data in uploads])
+
+
+def create_app(
+    model_path: str | Path,
+    *,
+    runtime: str | None = None,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_batch: int = 32,
+) -> FastAPI:
+    """The service for one model file; the model is loaded when the app starts (lifespan), not here."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        model = load_served_model(model_path, runtime)
+        app.state.model = model
+        app.state.batcher = MicroBatcher(model.predict, max_batch=max_batch)
+        logger.info("serving %s on %s", model.info.model.name, model.info.model.runtime)
+        try:
+            yield
+        finally:
+            app.state.batcher.close()
+
+    app = FastAPI(
+        title="artistid",
+        summary="Names the artist of a painting.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 1e6))
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+
+    @app.exception_handler(ArtistIdError)
+    async def artistid_error(request: Request, exc: ArtistIdError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=_status_for(exc))
+
+    bad_input: dict[int | str, dict[str, Any]] = {
+        413: {"model": ErrorDetail, "description": "Upload over the size limit, or too many files."},
+        415: {"model": ErrorDetail, "description": "A file is not an image."},
+        422: {"model": ErrorDetail, "description": "An image cannot be decoded (truncated, decompression bomb...)."},
+    }
+
+    @app.post("/v1/predict", response_model=PredictResponse, responses=bad_input)
+    async def predict(
+        request: Request,
+        files: Annotated[list[UploadFile], File(description="One or more images of paintings.")],
+        top_k: Annotated[int, Query(ge=1, le=100, description="How many artists to list per image.")] = 3,
+    ) -> PredictResponse:
+        """Names the artist of each uploaded painting."""
+        if len(files) > MAX_FILES:
+            raise HTTPException(413, f"{len(files)} files in one request; at most {MAX_FILES}")
+        model: ServedModel = request.app.state.model
+        uploads = [(upload.filename or f"file {i + 1}", await upload.read()) for i, upload in enumerate(files)]
+        pixels = await run_in_threadpool(_decode_all, uploads, model.preprocess)
+        probabilities = await asyncio.wrap_future(request.app.state.batcher.submit(pixels))
+        classes = model.info.classes
+        k = min(top_k, len(classes))
+        predictions = []
+        for (name, _), row in zip(uploads, probabilities, strict=True):
+            order = np.argsort(row)[::-1][:k]
+            predictions.append(
+                Prediction(
+                    filename=name,
+                    artist=model.label_for(row),
+                    probability=float(row[order[0]]),
+                    top_k=[ArtistScore(artist=classes[i], probability=float(row[i])) for i in order],
+                )
+            )
+        return PredictResponse(model=model.info.model, predictions=predictions)
+
+    @app.get("/v1/model", response_model=ModelInfo)
+    def model_info(request: Request) -> ModelInfo:
+        """The model being served: its classes, backbone, preprocessing and training metrics."""
+        return request.app.state.model.info
+
+    @app.get("/healthz", response_model=Health)
+    def healthz(request: Request) -> Health:
+        stats = request.app.state.batcher.stats
+        return Health(
+            runtime=request.app.state.model.info.model.runtime,
+            requests=stats.requests,
+            images=stats.images,
+            batches=stats.batches,
+            largest_batch=stats.largest_batch,
+        )
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(str(STATIC / "index.html"))
+
+    return app
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("artistid")
+    except PackageNotFoundError:
+        return "0"
+
+
+def serve(
+    model_path: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    runtime: str | None = None,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    log_level: str = "info",
+) -> None:
+    """Runs the service on uvicorn until interrupted."""
+    import uvicorn
+
+    app = create_app(model_path, runtime=runtime, max_upload_mb=max_upload_mb)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

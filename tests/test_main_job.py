@@ -1,0 +1,166 @@
+"""The main job end to end on real paintings: train, evaluate, predict, the model file, map files, bad files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from artistid.cli import app
+from artistid.errors import ModelFileError
+from artistid.model import Model
+
+runner = CliRunner()
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_train_evaluates_reuses_and_gates(demo_data: Path, tmp_path: Path, cache_dir: Path) -> None:
+    output = tmp_path / "model.safetensors"
+    code, out, _ = _run("train", str(demo_data), "-o", str(output), "--cache-dir", str(cache_dir), "-q")
+    assert code == 0
+    assert "epoch 7/7" in out and "accuracy" in out and "confusion matrix" in out
+    metrics = Model.load(output).metrics
+    assert metrics["n"] == 45 and metrics["accuracy"] > 0.6
+
+    code, out, _ = _run("train", str(demo_data), "-o", str(output), "--cache-dir", str(cache_dir), "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["reused"] is True and report["metrics"]["accuracy"] == metrics["accuracy"]
+
+    code, out, err = _run("train", str(demo_data), "-o", str(output), "--cache-dir", str(cache_dir), "-q",
+                          "--force", "--epochs", "3", "--min-accuracy", "0.999")  # fmt: skip
+    assert code == 3 and "below --min-accuracy" in err
+    assert "epoch 3/3" in out and output.exists()  # the model is kept even when the gate fails
+
+
+def test_validation_split_and_bad_options(demo_data: Path, tmp_path: Path, cache_dir: Path) -> None:
+    code, out, _ = _run("train", str(demo_data), "-o", str(tmp_path / "m.safetensors"), "--cache-dir",
+                        str(cache_dir), "-q", "--val-fraction", "0.25", "--epochs", "20", "--patience", "2")  # fmt: skip
+    assert code == 0 and "val accuracy" in out and "validated on 30" in out
+    code, _, err = _run("train", str(demo_data), "-o", str(tmp_path / "m.safetensors"), "--lr", "fast")
+    assert code == 2 and "learning-rate schedule" in err
+    code, _, err = _run("train", str(tmp_path / "nowhere"), "-o", str(tmp_path / "m.safetensors"))
+    assert code == 1 and "no such file or folder" in err
+
+
+def test_evaluate_report_with_unknown_artists_and_bad_files(
+    demo_model_path: Path, demo_data: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    test = tmp_path / "test"
+    shutil.copytree(demo_data / "Test", test)
+    # Loose images at the root are paintings by other artists; one more is not an image at all.
+    shutil.copy(next((demo_data / "Train" / "Rembrandt").glob("*.jpg")), test / "other-artist.jpg")
+    (test / "Claude_Monet" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    code, out, _ = _run("evaluate", str(demo_model_path), str(test), "--report", str(tmp_path / "report"),
+                        "--json", "--cache-dir", str(cache_dir))  # fmt: skip
+    assert code == 0
+    metrics = json.loads(out)
+    assert metrics["n"] == 45 and 0 <= metrics["accuracy"] <= 1 and metrics["top2_accuracy"] >= metrics["accuracy"]
+    assert metrics["unknown"]["n"] == 1
+    assert [s["path"] for s in metrics["skipped"]] == [str(test / "Claude_Monet" / "broken.jpg")]
+    assert set(metrics["per_class"]) == {"Claude_Monet", "Rembrandt", "Vincent_van_Gogh"}
+    assert np.asarray(metrics["confusion_matrix"]).sum() == 45
+
+    with open(tmp_path / "report" / "predictions.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 46
+    assert set(rows[0]) == {"path", "true", "predicted", "Claude_Monet", "Rembrandt", "Vincent_van_Gogh"}
+    assert [r["true"] for r in rows].count("unknown") == 1
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["n"] == 45
+    with Image.open(tmp_path / "report" / "confusion.png") as plot:
+        assert plot.format == "PNG" and plot.width > 200
+
+
+def test_map_files_train_and_evaluate(demo_data: Path, tmp_path: Path, cache_dir: Path) -> None:
+    lines = [f"{p.relative_to(demo_data)}\t{p.parent.name}" for p in sorted((demo_data / "Train").glob("*/*.jpg"))]
+    train_map = tmp_path / "train.map"
+    train_map.write_text("\n".join(f"{demo_data}/{line}" for line in lines) + "\n")
+    test_lines = [f"{p}\t{p.parent.name}" for p in sorted((demo_data / "Test").glob("*/*.jpg"))]
+    other = next((demo_data / "Train" / "Rembrandt").glob("*.jpg"))
+    test_map = tmp_path / "test.map"
+    test_map.write_text("\n".join([*test_lines, f"{other}\t-1"]) + "\n")
+    output = tmp_path / "map.safetensors"
+    code, _, _ = _run("train", str(train_map), "-o", str(output), "--cache-dir", str(cache_dir), "-q")
+    assert code == 0
+    code, out, _ = _run("evaluate", str(output), str(test_map), "--json", "--cache-dir", str(cache_dir))
+    assert code == 0
+    metrics = json.loads(out)
+    assert metrics["n"] == 45 and metrics["unknown"]["n"] == 1
+
+    bad_map = tmp_path / "bad.map"
+    bad_map.write_text(f"{other}\tRembrandt\njust-a-path-without-label\n")
+    code, _, err = _run("train", str(bad_map), "-o", str(output))
+    assert code == 1 and "bad.map:2" in err
+
+
+def test_predict_table_json_errors_and_strict(demo_model_path: Path, demo_data: Path, tmp_path: Path) -> None:
+    paintings = sorted((demo_data / "Test" / "Vincent_van_Gogh").glob("*.jpg"))[:3]
+    (tmp_path / "readme.jpg").write_text("hello")
+    code, out, _ = _run("predict", str(demo_model_path), *map(str, paintings), str(tmp_path / "readme.jpg"),
+                        "--json", "--top-k", "2")  # fmt: skip
+    assert code == 0
+    records = json.loads(out)
+    assert [r["path"] for r in records] == [*map(str, paintings), str(tmp_path / "readme.jpg")]
+    for record in records[:3]:
+        assert record["artist"] in {"Claude_Monet", "Rembrandt", "Vincent_van_Gogh"}
+        assert len(record["top_k"]) == 2 and record["top_k"][0]["probability"] >= record["top_k"][1]["probability"]
+    assert "not an image" in records[3]["error"]
+
+    code, out, _ = _run("predict", str(demo_model_path), str(demo_data / "Test" / "Rembrandt"))
+    assert code == 0 and len(out.strip().splitlines()) == 15
+    code, _, _ = _run("predict", str(demo_model_path), str(tmp_path / "readme.jpg"), "--strict")
+    assert code == 1
+
+
+def test_model_file_round_trip_and_python_api(demo_model: Model, demo_model_path: Path, demo_data: Path,
+                                              tmp_path: Path) -> None:  # fmt: skip
+    painting = sorted((demo_data / "Test" / "Claude_Monet").glob("*.jpg"))[0]
+    with Image.open(painting) as image:
+        inputs = [painting, str(painting), painting.read_bytes(), image.copy()]
+    probabilities = demo_model.predict_proba(inputs)
+    assert probabilities.shape == (4, 3) and np.allclose(probabilities.sum(1), 1)
+    assert np.allclose(probabilities, probabilities[0], atol=1e-6)  # every input form gives the same answer
+    assert demo_model.predict(painting)[0] in demo_model.classes_
+
+    copy = tmp_path / "copy.safetensors"
+    demo_model.save(copy)
+    again = Model.load(copy)
+    assert list(again.classes_) == list(demo_model.classes_)
+    assert np.allclose(again.predict_proba(inputs[:1]), probabilities[:1], atol=1e-6)
+
+
+def test_broken_model_files_give_one_clear_error(demo_model_path: Path, tmp_path: Path) -> None:
+    data = demo_model_path.read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "random.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
+    from safetensors.torch import save_file
+    import torch
+
+    save_file({"x": torch.zeros(2)}, tmp_path / "other.safetensors")
+    future = data.replace(b'\\"version\\": 1', b'\\"version\\": 9', 1)
+    (tmp_path / "future.safetensors").write_bytes(future)
+    expectations = {"truncated": "truncated", "random": "not an artistid model file",
+                    "other": "not an artistid model file", "future": "version 9 is not supported"}  # fmt: skip
+    for name, message in expectations.items():
+        with pytest.raises(ModelFileError, match=message):
+            Model.load(tmp_path / f"{name}.safetensors")
+    code, _, err = _run("predict", str(tmp_path / "truncated.safetensors"), str(tmp_path))
+    assert code == 1 and err.count("\n") == 1 and "truncated.safetensors" in err
+
+
+def test_defaults_pass_the_reference_bar_on_paintings3(paintings3: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """The reference design's bar: 90% on its three-painter test set, with the default recipe."""
+    code, out, _ = _run("train", str(paintings3), "-o", str(tmp_path / "p3.safetensors"), "--json",
+                        "--cache-dir", str(cache_dir), "--min-accuracy", "0.9")  # fmt: skip
+    assert code == 0, out
+    assert json.loads(out)["metrics"]["accuracy"] >= 0.9
