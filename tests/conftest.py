@@ -55,7 +55,7 @@ def demo_model_path(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -
 
 
 @pytest.fixture(scope="session")
-def demo_model(demo_model_path: Path):  # noqa: ANN201
+def demo_model(demo_model_path: Path):
     from artistid.model import Model
 
     return Model.load(demo_model_path)

@@ -14,7 +14,9 @@ import httpx
 import pytest
 
 # Runs the CLI with `import torch` made impossible: the ONNX server must work without it.
-WITHOUT_TORCH = "import sys; sys.modules['torch'] = None; from artistid.cli import main; sys.argv[0] = 'artistid'; main()"
+WITHOUT_TORCH = (
+    "import sys; sys.modules['torch'] = None; from artistid.cli import main; sys.argv[0] = 'artistid'; main()"
+)
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ from artistid.head import ArtistHead, parse_lr_schedule
 
 
 @parametrize_with_checks([ArtistHead()])
-def test_sklearn_estimator_checks(estimator, check) -> None:  # noqa: ANN001
+def test_sklearn_estimator_checks(estimator, check) -> None:
     check(estimator)
 
 

@@ -44,8 +44,21 @@ def test_train_evaluates_reuses_and_gates(demo_data: Path, tmp_path: Path, cache
 
 
 def test_validation_split_and_bad_options(demo_data: Path, tmp_path: Path, cache_dir: Path) -> None:
-    code, out, _ = _run("train", str(demo_data), "-o", str(tmp_path / "m.safetensors"), "--cache-dir",
-                        str(cache_dir), "-q", "--val-fraction", "0.25", "--epochs", "20", "--patience", "2")  # fmt: skip
+    code, out, _ = _run(
+        "train",
+        str(demo_data),
+        "-o",
+        str(tmp_path / "m.safetensors"),
+        "--cache-dir",
+        str(cache_dir),
+        "-q",
+        "--val-fraction",
+        "0.25",
+        "--epochs",
+        "20",
+        "--patience",
+        "2",
+    )
     assert code == 0 and "val accuracy" in out and "validated on 30" in out
     code, _, err = _run("train", str(demo_data), "-o", str(tmp_path / "m.safetensors"), "--lr", "fast")
     assert code == 2 and "learning-rate schedule" in err
@@ -143,8 +156,8 @@ def test_broken_model_files_give_one_clear_error(demo_model_path: Path, tmp_path
     data = demo_model_path.read_bytes()
     (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) // 2])
     (tmp_path / "random.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(2)}, tmp_path / "other.safetensors")
     future = data.replace(b'\\"version\\": 1', b'\\"version\\": 9', 1)

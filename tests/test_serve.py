@@ -95,7 +95,10 @@ def test_top_k_lists_that_many_artists(torch_server: Server, demo_data: Path) ->
     assert len(body["predictions"][0]["top_k"]) == 2
     body = post(torch_server, (painting.name, painting.read_bytes()), top_k=50).json()
     assert len(body["predictions"][0]["top_k"]) == 3  # no more than the model knows
-    assert httpx.post(f"{torch_server.url}/v1/predict", params={"top_k": 0}, files={"files": ("a", b"x")}).status_code == 422
+    assert (
+        httpx.post(f"{torch_server.url}/v1/predict", params={"top_k": 0}, files={"files": ("a", b"x")}).status_code
+        == 422
+    )
 
 
 # --- bad uploads -------------------------------------------------------------------------------------------------

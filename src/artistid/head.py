@@ -101,7 +101,7 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
             raise ValueError(f"max_iter must be a positive integer; got {self.max_iter!r}")
         return parse_lr_schedule(self.lr)
 
-    def fit(self, X: Any, y: Any, *, X_val: Any = None, y_val: Any = None) -> ArtistHead:  # noqa: N803
+    def fit(self, X: Any, y: Any, *, X_val: Any = None, y_val: Any = None) -> ArtistHead:
         schedule = self._check_params()
         X, y = validate_data(self, X, y, dtype=np.float32)
         check_classification_targets(y)
@@ -133,7 +133,7 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
         counts = np.bincount(targets, minlength=len(self.classes_)).astype(np.float32)
         return counts.sum() / (len(counts) * np.maximum(counts, 1))
 
-    def _fit_lbfgs(self, inputs: np.ndarray, targets: np.ndarray, X_val: Any, y_val: Any) -> None:  # noqa: N803
+    def _fit_lbfgs(self, inputs: np.ndarray, targets: np.ndarray, X_val: Any, y_val: Any) -> None:
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
@@ -174,7 +174,7 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
         inputs: np.ndarray,
         targets: np.ndarray,
         schedule: list[tuple[float, int | None]],
-        X_val: Any,  # noqa: N803
+        X_val: Any,
         y_val: Any,
     ) -> None:
         import torch
@@ -226,23 +226,23 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
         if best_state is not None:  # keep the epoch that validated best
             self.coef_, self.intercept_ = best_state
 
-    def _scores(self, X: Any) -> np.ndarray:  # noqa: N803
+    def _scores(self, X: Any) -> np.ndarray:
         check_is_fitted(self, ("coef_", "intercept_"))
         X = validate_data(self, X, dtype=np.float32, reset=False)
         return X @ self.coef_.T + self.intercept_
 
-    def decision_function(self, X: Any) -> np.ndarray:  # noqa: N803
+    def decision_function(self, X: Any) -> np.ndarray:
         scores = self._scores(X)
         # scikit-learn's convention: one column for two classes, the score of the second.
         return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores
 
-    def predict_proba(self, X: Any) -> np.ndarray:  # noqa: N803
+    def predict_proba(self, X: Any) -> np.ndarray:
         # A temperature fitted on validation data (calibration) softens or sharpens the scores; 1.0 leaves them.
         scores = self._scores(X) / getattr(self, "temperature_", 1.0)
         scores = scores - scores.max(axis=1, keepdims=True)
         exp = np.exp(scores)
         return exp / exp.sum(axis=1, keepdims=True)
 
-    def predict(self, X: Any) -> np.ndarray:  # noqa: N803
+    def predict(self, X: Any) -> np.ndarray:
         scores = self._scores(X)
         return self.classes_[scores.argmax(axis=1)]
