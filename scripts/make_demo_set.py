@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 ARTISTS = ("Claude_Monet", "Vincent_van_Gogh", "Rembrandt")  # all died before 1956
-PER_SPLIT = {"Train": 40, "Test": 15}
+PER_SPLIT = {"Train": 80, "Test": 20}
 
 
 def main(datasets: Path, target: Path) -> None:

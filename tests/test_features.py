@@ -108,7 +108,7 @@ def test_cache_survives_a_killed_run_and_two_runs_sharing_it(demo_data: Path, tm
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [run.communicate(timeout=300)[0] for run in runs]
     assert all(run.returncode == 0 for run in runs)
-    assert [int(o.strip()) for o in outputs] == [45, 45]
+    assert [int(o.strip()) for o in outputs] == [60, 60]
 
     test = load_dataset(str(demo_data)).test
     fresh = featurize(test, FeatureExtractor(create_backbone("efficientnet_lite0")), workers=0, progress=False)

@@ -30,7 +30,7 @@ def test_train_evaluates_reuses_and_gates(demo_data: Path, tmp_path: Path, cache
     assert code == 0
     assert "epoch 7/7" in out and "accuracy" in out and "confusion matrix" in out
     metrics = Model.load(output).metrics
-    assert metrics["n"] == 45 and metrics["accuracy"] > 0.6
+    assert metrics["n"] == 60 and metrics["accuracy"] > 0.6
 
     code, out, _ = _run("train", str(demo_data), "-o", str(output), "--cache-dir", str(cache_dir), "--json")
     assert code == 0
@@ -59,7 +59,7 @@ def test_validation_split_and_bad_options(demo_data: Path, tmp_path: Path, cache
         "--patience",
         "2",
     )
-    assert code == 0 and "val accuracy" in out and "validated on 30" in out
+    assert code == 0 and "val accuracy" in out and "validated on 60" in out
     code, _, err = _run("train", str(demo_data), "-o", str(tmp_path / "m.safetensors"), "--lr", "fast")
     assert code == 2 and "learning-rate schedule" in err
     code, _, err = _run("train", str(tmp_path / "nowhere"), "-o", str(tmp_path / "m.safetensors"))
@@ -78,18 +78,18 @@ def test_evaluate_report_with_unknown_artists_and_bad_files(
                         "--json", "--cache-dir", str(cache_dir))  # fmt: skip
     assert code == 0
     metrics = json.loads(out)
-    assert metrics["n"] == 45 and 0 <= metrics["accuracy"] <= 1 and metrics["top2_accuracy"] >= metrics["accuracy"]
+    assert metrics["n"] == 60 and 0 <= metrics["accuracy"] <= 1 and metrics["top2_accuracy"] >= metrics["accuracy"]
     assert metrics["unknown"]["n"] == 1
     assert [s["path"] for s in metrics["skipped"]] == [str(test / "Claude_Monet" / "broken.jpg")]
     assert set(metrics["per_class"]) == {"Claude_Monet", "Rembrandt", "Vincent_van_Gogh"}
-    assert np.asarray(metrics["confusion_matrix"]).sum() == 45
+    assert np.asarray(metrics["confusion_matrix"]).sum() == 60
 
     with open(tmp_path / "report" / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 46
+    assert len(rows) == 61
     assert set(rows[0]) == {"path", "true", "predicted", "Claude_Monet", "Rembrandt", "Vincent_van_Gogh"}
     assert [r["true"] for r in rows].count("unknown") == 1
-    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["n"] == 45
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["n"] == 60
     with Image.open(tmp_path / "report" / "confusion.png") as plot:
         assert plot.format == "PNG" and plot.width > 200
 
@@ -108,7 +108,7 @@ def test_map_files_train_and_evaluate(demo_data: Path, tmp_path: Path, cache_dir
     code, out, _ = _run("evaluate", str(output), str(test_map), "--json", "--cache-dir", str(cache_dir))
     assert code == 0
     metrics = json.loads(out)
-    assert metrics["n"] == 45 and metrics["unknown"]["n"] == 1
+    assert metrics["n"] == 60 and metrics["unknown"]["n"] == 1
 
     bad_map = tmp_path / "bad.map"
     bad_map.write_text(f"{other}\tRembrandt\njust-a-path-without-label\n")
@@ -130,7 +130,7 @@ def test_predict_table_json_errors_and_strict(demo_model_path: Path, demo_data: 
     assert "not an image" in records[3]["error"]
 
     code, out, _ = _run("predict", str(demo_model_path), str(demo_data / "Test" / "Rembrandt"))
-    assert code == 0 and len(out.strip().splitlines()) == 15
+    assert code == 0 and len(out.strip().splitlines()) == 20
     code, _, _ = _run("predict", str(demo_model_path), str(tmp_path / "readme.jpg"), "--strict")
     assert code == 1
 

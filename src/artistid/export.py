@@ -186,6 +186,7 @@ def _trace_to_onnx(model: Model, example: np.ndarray, path: str) -> None:
         # The TorchScript exporter is exact for this feed-forward graph and needs no onnxscript; torch only
         # warns that it is no longer the default.
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             pipeline_module(model),

@@ -1,0 +1,109 @@
+"""ONNX export: the whole pipeline in one graph, metadata to use it, and a parity check that cannot pass silently."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from artistid.cli import app
+from artistid.errors import ExportError, ModelFileError
+from artistid.export import check_parity, export_onnx, pipeline_module, sample_pixels
+from artistid.images import load_image
+from artistid.onnx_model import OnnxModel
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_exported_model_matches_pytorch_fp32_on_other_paintings(demo_onnx_path: Path, demo_model, demo_data: Path):  # noqa: ANN001, ANN201
+    import torch
+
+    onnx_model = OnnxModel.load(demo_onnx_path)
+    # Train paintings: not the Test ones the export checked itself on.
+    files = sorted(p for p in (demo_data / "Train").rglob("*.jpg"))[::7]
+    pixels = np.stack([load_image(f, demo_model.preprocess) for f in files])
+    with torch.inference_mode():
+        expected = pipeline_module(demo_model)(torch.from_numpy(pixels)).numpy()
+    actual = onnx_model.predict_pixels(pixels)
+    assert actual.shape == (len(files), 3)
+    assert np.abs(actual - expected).max() <= 1e-4
+    assert (actual.argmax(1) == expected.argmax(1)).all()
+    # The model as PyTorch runs it (bf16 where the CPU has it) names the same artists, up to bf16 rounding.
+    served = demo_model.predict_proba(files)
+    assert np.abs(served - actual).max() < 0.02
+
+
+def test_metadata_says_how_to_use_the_graph(demo_onnx_path: Path, demo_model, demo_model_path: Path) -> None:  # noqa: ANN001
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(demo_onnx_path).metadata_props}
+    meta = json.loads(props["artistid"])
+    assert meta["classes"] == [str(c) for c in demo_model.classes_]
+    assert meta["preprocess"] == demo_model.preprocess.to_dict()
+    assert meta["threshold"] == demo_model.threshold
+    assert meta["input"]["dtype"] == "uint8" and meta["input"]["layout"] == "NHWC"
+    assert meta["input"]["shape"] == ["batch", 224, 224, 3]
+    assert meta["precision"] == "fp32"
+    assert meta["source_model"]["name"] == demo_model_path.name
+    assert 0 <= meta["parity"]["max_abs_diff"] <= 1e-4 and meta["parity"]["images"] == 16
+    graph = onnx.load(demo_onnx_path).graph
+    assert [i.name for i in graph.input] == ["pixels"] and [o.name for o in graph.output] == ["probabilities"]
+
+
+def test_parity_check_fails_and_says_by_how_much(demo_onnx_path: Path, demo_model_path: Path) -> None:
+    from artistid.model import Model
+
+    other = Model.load(demo_model_path)
+    other.head.coef_ = other.head.coef_ + np.random.default_rng(0).normal(0, 0.05, other.head.coef_.shape)
+    pixels = sample_pixels(other)
+    with pytest.raises(ExportError, match=r"max probability difference [0-9.e-]+ \(tolerance 0.0001\)"):
+        check_parity(OnnxModel.load(demo_onnx_path), other, pixels)
+
+
+def test_export_that_fails_its_check_writes_nothing(demo_model, tmp_path: Path) -> None:  # noqa: ANN001
+    output = tmp_path / "strict.onnx"
+    with pytest.raises(ExportError, match="ONNX Runtime disagrees with PyTorch"):
+        export_onnx(demo_model, output, tolerance=1e-12)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_command(demo_model_path: Path, demo_data: Path, tmp_path: Path) -> None:
+    output = tmp_path / "out" / "model.onnx"
+    check = demo_data / "Train" / "Rembrandt"
+    result = CliRunner().invoke(
+        app, ["export", str(demo_model_path), "--onnx", str(output), "--check-images", str(check), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["path"] == str(output) and output.is_file()
+    assert report["images"] == 16 and report["max_abs_diff"] <= 1e-4
+    assert OnnxModel.load(output).classes_.tolist() == ["Claude_Monet", "Rembrandt", "Vincent_van_Gogh"]
+
+    missing = CliRunner().invoke(app, ["export", str(tmp_path / "nope.safetensors"), "--onnx", str(output)])
+    assert missing.exit_code == 1
+    assert missing.output.strip() == f"artistid: error: {tmp_path / 'nope.safetensors'}: model file not found"
+
+
+def test_onnx_files_not_from_artistid_are_refused(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    plain = tmp_path / "plain.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "plain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
+    onnx.save(helper.make_model(graph), plain)
+    with pytest.raises(ModelFileError, match="not exported by `artistid export`"):
+        OnnxModel.load(plain)
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00not onnx" * 10)
+    with pytest.raises(ModelFileError, match="not a readable ONNX model"):
+        OnnxModel.load(garbage)
+    with pytest.raises(ModelFileError, match="not found"):
+        OnnxModel.load(tmp_path / "missing.onnx")
