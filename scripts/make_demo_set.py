@@ -18,7 +18,8 @@ PER_SPLIT = {"Train": 80, "Test": 20}
 
 
 def main(datasets: Path, target: Path) -> None:
-    provenance = {row["path"]: row for row in csv.DictReader(open(datasets / "PROVENANCE.tsv"), delimiter="\t")}
+    with open(datasets / "PROVENANCE.tsv") as handle:
+        provenance = {row["path"]: row for row in csv.DictReader(handle, delimiter="\t")}
     rows = []
     rng = random.Random(2018)
     for split, count in PER_SPLIT.items():

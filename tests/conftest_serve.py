@@ -67,7 +67,7 @@ class Server:
 
 
 @pytest.fixture(scope="session")
-def demo_onnx_path(demo_model, demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
+def demo_onnx_path(demo_model, demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from artistid.export import export_onnx
 
     output = tmp_path_factory.mktemp("onnx") / "demo.onnx"

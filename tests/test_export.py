@@ -18,7 +18,7 @@ from artistid.onnx_model import OnnxModel
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_exported_model_matches_pytorch_fp32_on_other_paintings(demo_onnx_path: Path, demo_model, demo_data: Path):  # noqa: ANN001, ANN201
+def test_exported_model_matches_pytorch_fp32_on_other_paintings(demo_onnx_path: Path, demo_model, demo_data: Path):
     import torch
 
     onnx_model = OnnxModel.load(demo_onnx_path)
@@ -36,7 +36,7 @@ def test_exported_model_matches_pytorch_fp32_on_other_paintings(demo_onnx_path: 
     assert np.abs(served - actual).max() < 0.02
 
 
-def test_metadata_says_how_to_use_the_graph(demo_onnx_path: Path, demo_model, demo_model_path: Path) -> None:  # noqa: ANN001
+def test_metadata_says_how_to_use_the_graph(demo_onnx_path: Path, demo_model, demo_model_path: Path) -> None:
     import onnx
 
     props = {p.key: p.value for p in onnx.load(demo_onnx_path).metadata_props}
@@ -63,7 +63,7 @@ def test_parity_check_fails_and_says_by_how_much(demo_onnx_path: Path, demo_mode
         check_parity(OnnxModel.load(demo_onnx_path), other, pixels)
 
 
-def test_export_that_fails_its_check_writes_nothing(demo_model, tmp_path: Path) -> None:  # noqa: ANN001
+def test_export_that_fails_its_check_writes_nothing(demo_model, tmp_path: Path) -> None:
     output = tmp_path / "strict.onnx"
     with pytest.raises(ExportError, match="ONNX Runtime disagrees with PyTorch"):
         export_onnx(demo_model, output, tolerance=1e-12)

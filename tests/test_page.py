@@ -38,7 +38,7 @@ def browser() -> Iterator[object]:
 
 
 def test_page_names_the_artist_of_a_chosen_painting(
-    browser,  # noqa: ANN001
+    browser,
     onnx_server: Server,
     demo_data: Path,
     tmp_path: Path,
@@ -75,7 +75,7 @@ def test_page_names_the_artist_of_a_chosen_painting(
     page.close()
 
 
-def test_page_shows_why_a_file_was_refused(browser, onnx_server: Server, tmp_path: Path) -> None:  # noqa: ANN001
+def test_page_shows_why_a_file_was_refused(browser, onnx_server: Server, tmp_path: Path) -> None:
     notes = tmp_path / "notes.jpg"
     notes.write_text("not a painting\n" * 20)
     page = browser.new_page()

@@ -52,7 +52,7 @@ def scores(prediction: dict, classes: list[str]) -> np.ndarray:
 
 
 # --- the API -----------------------------------------------------------------------------------------------------
-def test_health_model_info_and_docs(torch_server: Server, demo_model) -> None:  # noqa: ANN001
+def test_health_model_info_and_docs(torch_server: Server, demo_model) -> None:
     health = httpx.get(f"{torch_server.url}/healthz").json()
     assert health["status"] == "ok" and health["runtime"] == "torch"
 
@@ -72,7 +72,7 @@ def test_health_model_info_and_docs(torch_server: Server, demo_model) -> None:  
     assert {"413", "415", "422"} <= set(schema["paths"]["/v1/predict"]["post"]["responses"])
 
 
-def test_predict_names_the_artist_as_the_model_does(torch_server: Server, demo_model, demo_data: Path) -> None:  # noqa: ANN001
+def test_predict_names_the_artist_as_the_model_does(torch_server: Server, demo_model, demo_data: Path) -> None:
     files = paintings(demo_data)
     response = post(torch_server, *[(f.name, f.read_bytes()) for f in files])
     assert response.status_code == 200, response.text
@@ -188,7 +188,7 @@ def test_one_bad_file_among_good_ones_names_that_file(torch_server: Server, pain
 # --- micro-batching and the ONNX runtime -------------------------------------------------------------------------
 def test_onnx_server_runs_without_torch_and_matches_pytorch_fp32(
     onnx_server: Server,
-    demo_model,  # noqa: ANN001
+    demo_model,
     demo_data: Path,
 ) -> None:
     import torch

@@ -125,15 +125,14 @@ def format_report(evaluation: Evaluation) -> str:
 
 
 def _confusion_png(evaluation: Evaluation) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure needs no pyplot backend: the caller's matplotlib state (e.g. a notebook's) stays untouched.
+    from matplotlib.figure import Figure
     from sklearn.metrics import ConfusionMatrixDisplay
 
     matrix = np.asarray(evaluation.metrics["confusion_matrix"])
     size = 2.5 + 0.7 * len(evaluation.classes)
-    figure, axes = plt.subplots(figsize=(size, size))
+    figure = Figure(figsize=(size, size))
+    axes = figure.add_subplot()
     ConfusionMatrixDisplay(matrix, display_labels=evaluation.classes).plot(
         ax=axes, cmap="Blues", colorbar=False, xticks_rotation=45
     )
@@ -142,7 +141,6 @@ def _confusion_png(evaluation: Evaluation) -> bytes:
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
     return buffer.getvalue()
 
 

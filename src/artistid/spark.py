@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -355,7 +356,8 @@ def _write(frame: DataFrame, output: str, info: dict[str, Any], storage_options:
 
 
 def _run_summary(spark: SparkSession, output: str, error_col: str, started: float, partitions: int) -> SparkRun:
-    written = spark.read.parquet(output)
+    # Readers treat a path as a Hadoop glob; the output is one folder, whatever characters its name has.
+    written = spark.read.parquet(re.sub(r"([\[\]{}*?\\])", r"\\\1", output))
     failed = written.where(F.col(error_col).isNotNull()).select("path", error_col).collect()
     total = written.count()
     errors = sorted((row["path"], row[error_col]) for row in failed)

@@ -1,0 +1,203 @@
+"""Probabilities a user can trust, and an honest "none of these artists".
+
+Out-of-fold scores on the training set (`out_of_fold_scores`) stand in for unseen paintings: a temperature fitted
+on them (`fit_temperature`) makes the top probability match how often the model is right, measured as the expected
+calibration error (`expected_calibration_error`). The rejection threshold (`choose_threshold`) is the top
+probability below which only a small, chosen share of known-artist paintings falls; paintings of other artists,
+which the model has never seen, tend to fall below it. `coverage_curve` shows accuracy against the share answered.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Calibration",
+    "calibrate",
+    "coverage_curve",
+    "coverage_png",
+    "expected_calibration_error",
+    "fit_temperature",
+    "out_of_fold_scores",
+    "rejection_rates",
+    "softmax",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FALSE_REJECTION = 0.02  # below the 3% users accept, leaving room for the noise of a small validation set
+
+
+def softmax(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    scaled = np.asarray(scores, dtype=np.float64) / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def expected_calibration_error(probabilities: np.ndarray, targets: np.ndarray, n_bins: int = 15) -> float:
+    """Mean |accuracy - confidence| of the top prediction over equal-width confidence bins, weighted by count."""
+    probabilities = np.asarray(probabilities)
+    targets = np.asarray(targets)
+    if len(targets) == 0:
+        return 0.0
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == targets
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    error = 0.0
+    for b in np.unique(bins):
+        members = bins == b
+        error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(error)
+
+
+def _nll(scores: np.ndarray, targets: np.ndarray, temperature: float) -> float:
+    probabilities = softmax(scores, temperature)
+    return float(-np.mean(np.log(np.maximum(probabilities[np.arange(len(targets)), targets], 1e-300))))
+
+
+def fit_temperature(scores: np.ndarray, targets: np.ndarray) -> float:
+    """The temperature T minimizing the negative log-likelihood of softmax(scores / T) (Guo et al., 2017)."""
+    from scipy.optimize import minimize_scalar
+
+    scores = np.asarray(scores, dtype=np.float64)
+    targets = np.asarray(targets)
+    # Searched on log T: T stays positive and the search is as fine near 0.1 as near 10.
+    result = minimize_scalar(
+        lambda log_t: _nll(scores, targets, float(np.exp(log_t))), bounds=(-5.0, 5.0), method="bounded"
+    )
+    return float(np.exp(result.x))
+
+
+def choose_threshold(confidence: np.ndarray, false_rejection: float = DEFAULT_FALSE_REJECTION) -> float:
+    """The top probability below which a share `false_rejection` of these (known-artist) paintings falls."""
+    if not 0 <= false_rejection < 1:
+        raise ValueError(f"false_rejection must be in [0, 1); got {false_rejection!r}")
+    confidence = np.sort(np.asarray(confidence, dtype=np.float64))
+    if len(confidence) == 0 or false_rejection == 0:
+        return 0.0
+    # The largest value that rejects at most `false_rejection` of them (ties at the threshold are accepted).
+    allowed = int(np.floor(false_rejection * len(confidence)))
+    return float(confidence[allowed]) if allowed < len(confidence) else float(confidence[-1])
+
+
+def rejection_rates(confidence_known: np.ndarray, confidence_unknown: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Shares of known-artist paintings wrongly rejected and of other artists' paintings rightly rejected."""
+    known, unknown = np.asarray(confidence_known), np.asarray(confidence_unknown)
+    return {
+        "false_rejection_rate": float(np.mean(known < threshold)) if len(known) else None,
+        "unknown_rejection_rate": float(np.mean(unknown < threshold)) if len(unknown) else None,
+    }
+
+
+def coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Coverage, accuracy and threshold when answering only the most confident predictions, in falling order."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    order = np.argsort(-confidence, kind="stable")
+    hits = np.asarray(correct, dtype=np.float64)[order]
+    answered = np.arange(1, len(order) + 1)
+    return answered / max(len(order), 1), np.cumsum(hits) / answered, confidence[order]
+
+
+def coverage_png(
+    confidence: np.ndarray, correct: np.ndarray, threshold: float | None = None, title: str = ""
+) -> bytes:
+    """The accuracy-versus-coverage curve as a PNG, the model's threshold marked."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    coverage, accuracy, thresholds = coverage_curve(confidence, correct)
+    figure, axes = plt.subplots(figsize=(5, 4))
+    axes.plot(coverage, accuracy, color="tab:blue")
+    if threshold is not None and len(coverage):
+        answered = int(np.sum(thresholds >= threshold))
+        if answered:
+            axes.scatter(
+                [coverage[answered - 1]], [accuracy[answered - 1]], color="tab:red", zorder=3,
+                label=f"threshold {threshold:.2f}: {coverage[answered - 1]:.0%} answered",
+            )
+            axes.legend(loc="lower left")
+    axes.set_xlabel("coverage (share of known-artist paintings answered)")
+    axes.set_ylabel("accuracy of the answered ones")
+    axes.set_xlim(0, 1.02)
+    axes.set_ylim(max(0.0, float(accuracy.min()) - 0.05) if len(accuracy) else 0, 1.005)
+    axes.grid(alpha=0.3)
+    axes.set_title(title or "accuracy versus coverage")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+@dataclass
+class Calibration:
+    """What `calibrate` found; stored as the model file's "calibration" section."""
+
+    temperature: float
+    threshold: float
+    ece_before: float
+    ece_after: float
+    nll_before: float
+    nll_after: float
+    target_false_rejection: float
+    n: int
+    method: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def calibrate(
+    scores: np.ndarray,
+    targets: np.ndarray,
+    *,
+    false_rejection: float = DEFAULT_FALSE_REJECTION,
+    method: str = "validation",
+) -> Calibration:
+    """Temperature and rejection threshold from scores of paintings the head was not trained on."""
+    scores = np.asarray(scores, dtype=np.float64)
+    targets = np.asarray(targets)
+    temperature = fit_temperature(scores, targets)
+    before, after = softmax(scores), softmax(scores, temperature)
+    calibration = Calibration(
+        temperature=temperature,
+        threshold=choose_threshold(after.max(axis=1), false_rejection),
+        ece_before=expected_calibration_error(before, targets),
+        ece_after=expected_calibration_error(after, targets),
+        nll_before=_nll(scores, targets, 1.0),
+        nll_after=_nll(scores, targets, temperature),
+        target_false_rejection=false_rejection,
+        n=len(targets),
+        method=method,
+    )
+    logger.info("calibration %s", calibration)
+    return calibration
+
+
+def out_of_fold_scores(head: Any, X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Scores of every training row from a copy of `head` fitted without it (stratified k-fold cross-fitting).
+
+    Columns follow `np.unique(y)`, as the head's `classes_` do.
+    """
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(y)
+    classes = np.unique(y)
+    scores = np.zeros((len(y), len(classes)), dtype=np.float64)
+    for train_rows, held_rows in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
+        fold_head = clone(head).fit(X[train_rows], y[train_rows])
+        columns = np.searchsorted(classes, fold_head.classes_)
+        # A class missing from a fold's training part gets no score: it can never win there.
+        scores[held_rows] = -np.inf if len(columns) < len(classes) else 0.0
+        scores[np.ix_(held_rows, columns)] = fold_head._scores(X[held_rows])
+    return scores
