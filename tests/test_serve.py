@@ -51,6 +51,23 @@ def scores(prediction: dict, classes: list[str]) -> np.ndarray:
     return np.array([by_artist[c] for c in classes])
 
 
+# --- the command --------------------------------------------------------------------------------------------------
+def test_serve_refuses_a_bad_model_file_in_one_line(tmp_path: Path, demo_onnx_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from artistid.cli import app
+
+    missing = CliRunner().invoke(app, ["serve", str(tmp_path / "gone.safetensors")])
+    assert missing.exit_code == 1
+    assert missing.output.strip() == f"artistid: error: {tmp_path / 'gone.safetensors'}: model file not found"
+    onnx_on_torch = CliRunner().invoke(app, ["serve", str(demo_onnx_path), "--runtime", "torch"])
+    assert onnx_on_torch.exit_code == 1
+    assert "runs on the onnx runtime, not torch" in onnx_on_torch.output
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"junk")
+    assert "not a readable ONNX model" in CliRunner().invoke(app, ["serve", str(junk)]).output
+
+
 # --- the API -----------------------------------------------------------------------------------------------------
 def test_health_model_info_and_docs(torch_server: Server, demo_model) -> None:
     health = httpx.get(f"{torch_server.url}/healthz").json()

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 from conftest_storage import FaultyHTTPServer
 from typer.testing import CliRunner
 
+from artistid import storage
 from artistid.backbones import create_backbone
 from artistid.cli import app
 from artistid.datasets import load_dataset
@@ -25,6 +27,9 @@ from artistid.features import FeatureExtractor, FeatureSet, featurize
 from artistid.model import Model
 
 spark_module = pytest.importorskip("artistid.spark", reason="pip install 'artistid[spark]'", exc_type=ImportError)
+
+# PySpark 4 warns about pandas 3 on every Arrow job; the engine hands it Arrow batches, not pandas.
+pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
 
 PER_ARTIST = 8
 BAD_FILES = {"Rembrandt/truncated.jpg", "Rembrandt/notes.png"}
@@ -71,14 +76,16 @@ def fp32_extractor() -> FeatureExtractor:
 
 
 @pytest.fixture(scope="session")
-def spark_features(spark: object, paintings: Path, fp32_extractor: FeatureExtractor, tmp_path_factory) -> Path:
-    """The Spark engine's features of `paintings`, in fp32, written through the CLI's code path."""
+def spark_features(spark: object, paintings: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`artistid featurize --engine spark` on `paintings`, in fp32, in three partitions."""
     output = tmp_path_factory.mktemp("spark-out") / "features.parquet"
-    samples = load_dataset(str(paintings)).samples
-    run = spark_module.featurize(samples, fp32_extractor, str(output), spark=spark, partitions=3)
-    assert run.partitions == 3
-    assert run.images == len(samples) - len(BAD_FILES)
-    assert {path for path, _ in run.errors} == _bad(paintings)
+    arguments = ["featurize", str(paintings), "-o", str(output), "--precision", "fp32", "--engine", "spark"]
+    result = CliRunner().invoke(app, [*arguments, "--partitions", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["partitions"] == 3
+    assert summary["images"] == 3 * PER_ARTIST + 1  # the loose painting too
+    assert {s["path"] for s in summary["skipped_files"]} == _bad(paintings)
     return output
 
 
@@ -201,6 +208,29 @@ def test_predictor_transformer_reads_http_uris_inside_the_executors(
     assert rows[uris[3]]["who"] is None and "missing.jpg" in rows[uris[3]]["error"]
     assert [rows[u]["id"] for u in uris] == [0, 1, 2, 3]  # other columns pass through
     assert predictor.classes() == [str(c) for c in model.classes_]
+
+
+def test_predict_cli_reads_images_and_model_from_azure_blob_inside_the_executors(
+    spark: object, azurite, paintings: Path, demo_model_path: Path, tmp_path: Path
+) -> None:
+    container = f"spark-{uuid.uuid4().hex[:8]}"
+    images = [*sorted((paintings / "Vincent_van_Gogh").glob("*.jpg"))[:4], paintings / "Rembrandt" / "truncated.jpg"]
+    for image in images:
+        storage.write_bytes_atomic(f"az://{container}/new/{image.name}", image.read_bytes(), azurite.storage_options)
+    model_uri = f"az://{container}/models/demo.safetensors"
+    storage.write_bytes_atomic(model_uri, demo_model_path.read_bytes(), azurite.storage_options)
+
+    output = tmp_path / "predictions.parquet"
+    option = ["--storage-option", f"connection_string={azurite.connection_string}"]
+    result = CliRunner().invoke(
+        app, ["predict", model_uri, f"az://{container}/new", "--engine", "spark", "-o", str(output), "--json", *option]
+    )
+    assert result.exit_code == 0, result.output
+    rows = {row["path"].rsplit("/", 1)[1]: row for row in pq.read_table(output).to_pylist()}
+    assert all(f"://{container}/new/" in row["path"] for row in rows.values())  # URIs, read by the executors
+    expected = Model.load(demo_model_path).predict([str(image) for image in images[:4]])
+    assert [rows[image.name]["artist"] for image in images[:4]] == list(expected)
+    assert rows["truncated.jpg"]["artist"] is None and "truncated" in rows["truncated.jpg"]["error"]
 
 
 def test_the_rest_of_artistid_does_not_import_pyspark() -> None:

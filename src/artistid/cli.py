@@ -223,6 +223,10 @@ def featurize(
 
 # --- train -----------------------------------------------------------------------------------------------------
 def _epoch_line(record: dict[str, float], epochs: int) -> str:
+    if "iterations" in record:  # the lbfgs solver: one fit to convergence, no epochs
+        line = f"L-BFGS: {int(record['iterations'])} iterations  loss {record['loss']:.4f}  "
+        line += f"train error {record['train_error']:.1%}"
+        return line + (f"  val accuracy {record['val_accuracy']:.1%}" if "val_accuracy" in record else "")
     line = (
         f"epoch {int(record['epoch'])}/{epochs}  lr {record['lr']:g}  loss {record['loss']:.4f}  "
         f"train error {record['train_error']:.1%}"
@@ -264,6 +268,18 @@ def train(
     val_fraction: Annotated[float, typer.Option(help="Hold out this fraction of Train for validation.")] = 0.0,
     patience: Annotated[int | None, typer.Option(help="Stop after N epochs without validation gain.")] = None,
     balance: Annotated[bool, typer.Option(help="Weight artists by inverse frequency.")] = False,
+    preset: Annotated[
+        str, typer.Option(help="Recipe: fast (the defaults) or best (style statistics at 384 px, L-BFGS head).")
+    ] = "fast",
+    image_size: Annotated[
+        int | None, typer.Option(help="Backbone input side in pixels (default: the backbone's own).")
+    ] = None,
+    solver: Annotated[str, typer.Option(help="Head solver: sgd (the reference recipe) or lbfgs.")] = "sgd",
+    standardize: Annotated[bool, typer.Option(help="Standardize the features before the head.")] = False,
+    calibration_folds: Annotated[
+        int, typer.Option(help="Folds of Train for the temperature and rejection threshold (0: none).")
+    ] = 5,
+    ctx: typer.Context = None,  # type: ignore[assignment]
     min_accuracy: Annotated[float | None, typer.Option(help="Exit with status 3 if test accuracy is below.")] = None,
     force: Annotated[
         bool, typer.Option(help="Retrain even if OUTPUT was trained from the same data and settings.")
@@ -286,22 +302,35 @@ def train(
 
     _configure_logging(quiet)
     options = _options(storage_option)
-    settings = training.TrainSettings(
-        backbone=backbone,
-        weights=str(weights) if weights else None,
-        feature_nodes=tuple(feature_node) if feature_node else None,
-        pooling=pooling,  # type: ignore[arg-type]
-        precision=precision,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,  # type: ignore[arg-type]
-        momentum=momentum,
-        l2=l2,
-        balance=balance,
-        patience=patience,
-        val_fraction=val_fraction,
-        seed=seed,
-    )
+    chosen = {
+        "backbone": backbone,
+        "weights": str(weights) if weights else None,
+        "feature_nodes": tuple(feature_node) if feature_node else None,
+        "pooling": pooling,
+        "precision": precision,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "momentum": momentum,
+        "l2": l2,
+        "balance": balance,
+        "patience": patience,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "image_size": image_size,
+        "solver": solver,
+        "standardize": standardize,
+        "calibration_folds": calibration_folds,
+    }
+    # The preset gives the recipe; options typed on the command line change it. (Typer ships its own click, so
+    # the parameter source is compared by name.)
+    option_of = {"feature_nodes": "feature_node"}
+    given = {
+        name: value
+        for name, value in chosen.items()
+        if ctx is None or getattr(ctx.get_parameter_source(option_of.get(name, name)), "name", "") == "COMMANDLINE"
+    }
+    settings = training.preset(preset, **given) if ctx is not None else training.TrainSettings(**given)
     settings.head()._check_params()
     say = (lambda _: None) if as_json else typer.echo
     cache = _cache(cache_dir, no_cache)
@@ -343,7 +372,14 @@ def train(
             f"head trained on {result.n_train}" + (f", validated on {result.n_val}" if result.n_val else "")
         )
         for record in result.history:
-            say(_epoch_line(record, epochs))
+            say(_epoch_line(record, settings.epochs))
+        calibration = model.info.get("calibration")
+        if calibration:
+            say(
+                f"calibrated on {calibration['n']} held-out predictions: temperature {calibration['temperature']:.2f}, "
+                f"ECE {calibration['ece_before']:.1%} -> {calibration['ece_after']:.1%}; "
+                f"'unknown' below probability {calibration['threshold']:.2f}"
+            )
 
     metrics: dict[str, Any] = model.metrics
     if result is not None and dataset.test:
@@ -614,10 +650,10 @@ def serve(
     """
     import tempfile
 
-    from artistid.serve import runtime_for
+    from artistid.serve import check_model_file, runtime_for
     from artistid.serve import serve as run_server
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(message)s")
     chosen = runtime_for(model_path, runtime)
     with tempfile.TemporaryDirectory(prefix="artistid-serve-") as scratch:
         if chosen == "onnx" and not model_path.lower().endswith(".onnx"):
@@ -628,17 +664,8 @@ def serve(
             report = export_onnx(Model.load(model_path), exported, source=model_path)
             typer.echo(f"exported {model_path} to ONNX (max probability difference {report.max_abs_diff:.2g})")
             model_path = exported
-        elif chosen == "torch":
-            from artistid.model_file import read_metadata
-
-            read_metadata(model_path)  # a bad file fails here in one line, before the server starts
-        else:
-            from artistid.onnx_model import OnnxModel
-
-            OnnxModel.load(model_path)
-        run_server(
-            model_path, host=host, port=port, runtime=chosen, max_upload_mb=max_upload_mb, log_level=log_level
-        )
+        check_model_file(model_path, chosen)  # a bad file fails here in one line, before the server starts
+        run_server(model_path, host=host, port=port, runtime=chosen, max_upload_mb=max_upload_mb, log_level=log_level)
 
 
 @app.command()

@@ -60,6 +60,8 @@ class OnnxModel:
         if not path.is_file():
             raise ModelFileError(f"{path}: ONNX model file not found")
         options = ort.SessionOptions()
+        # Idle pool threads that spin would take the cores from the threads decoding the next requests.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
         try:

@@ -36,7 +36,15 @@ from artistid.errors import ArtistIdError, ImageError, ModelFileError
 from artistid.images import Preprocess, load_image
 from artistid.onnx_model import OnnxModel, file_sha256
 
-__all__ = ["DEFAULT_MAX_UPLOAD_MB", "ServedModel", "create_app", "load_served_model", "runtime_for", "serve"]
+__all__ = [
+    "DEFAULT_MAX_UPLOAD_MB",
+    "ServedModel",
+    "check_model_file",
+    "create_app",
+    "load_served_model",
+    "runtime_for",
+    "serve",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -133,14 +141,25 @@ def _load_torch(path: Path) -> ServedModel:
     return ServedModel(predict, model.label_for, model.preprocess, info)
 
 
+def check_model_file(path: str | Path, runtime: str | None = None) -> None:
+    """Fails in one line on a file the chosen runtime cannot serve, before a server starts (quicker than loading)."""
+    path = Path(path)
+    if runtime_for(path, runtime) == "onnx":
+        OnnxModel.load(path)
+        return
+    if path.suffix.lower() == ".onnx":
+        raise ModelFileError(f"{path}: an ONNX file runs on the onnx runtime, not torch")
+    from artistid.model_file import read_metadata
+
+    read_metadata(path)
+
+
 def load_served_model(path: str | Path, runtime: str | None = None) -> ServedModel:
     """A model file on PyTorch, or an exported .onnx file on ONNX Runtime (torch is then never imported)."""
     path = Path(path)
-    chosen = runtime_for(path, runtime)
-    if chosen == "onnx":
+    if runtime_for(path, runtime) == "onnx":
         return _load_onnx(path)
-    if path.suffix.lower() == ".onnx":
-        raise ModelFileError(f"{path}: an ONNX file runs on the onnx runtime, not torch")
+    check_model_file(path, "torch")
     return _load_torch(path)
 
 

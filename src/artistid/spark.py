@@ -30,6 +30,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,9 +58,12 @@ __all__ = [
     "ArtistFeaturizer",
     "ArtistPredictor",
     "SparkRun",
+    "default_partitions",
     "evaluate",
     "featurize",
     "predict",
+    "samples_frame",
+    "session",
     "spark_session",
 ]
 
@@ -205,6 +209,9 @@ def _loaded(job: _Job) -> FeatureExtractor | Model:
 
 # --- the per-partition work ------------------------------------------------------------------------------------
 
+# Files read at once per task from a storage URI; enough to hide a store's latency behind a core's decoding.
+_REMOTE_READS = 8
+
 
 def _decode(index: int, path: str | None, job: _Job, extractor: FeatureExtractor) -> tuple[np.ndarray | None, str]:
     """Pixels, or the reason why not: any failure on one file is that file's error, not the task's."""
@@ -232,7 +239,11 @@ def _vectors(rows: np.ndarray, usable: list[int], n: int, value_type: pa.DataTyp
 def _score_chunk(job: _Job, engine: FeatureExtractor | Model, chunk: pa.RecordBatch) -> pa.RecordBatch:
     extractor = engine.extractor if isinstance(engine, Model) else engine
     paths = chunk.column(job.image_col).to_pylist()
-    decoded = [_decode(i, p, job, extractor) for i, p in enumerate(paths)]
+    if all(storage.is_local(p) for p in paths if p):
+        decoded = [_decode(i, p, job, extractor) for i, p in enumerate(paths)]
+    else:  # reads from a store wait on the network, not the CPU: overlap them
+        with ThreadPoolExecutor(max_workers=_REMOTE_READS) as pool:
+            decoded = list(pool.map(lambda item: _decode(*item, job, extractor), enumerate(paths)))
     usable = [i for i, (pixels, _) in enumerate(decoded) if pixels is not None]
     errors = pa.array([None if pixels is not None else error for pixels, error in decoded], pa.string())
     features = extractor(np.stack([decoded[i][0] for i in usable])) if usable else np.zeros((0, 0), np.float32)
@@ -331,12 +342,23 @@ def _ship(spark: SparkSession, file: Path, kind: Kind, identity: str, **options:
     return _Job(kind=kind, file_name=file.name, identity=identity, **options)
 
 
-def _write(frame: DataFrame, output: str, info: dict[str, Any], storage_options: dict[str, Any] | None) -> None:
+def _hadoop_write(spark: SparkSession, uri: str, data: bytes) -> None:
+    """Writes a small file through Spark's own Hadoop file system, which can reach wherever Spark writes."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)  # type: ignore[union-attr]
+    stream = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).create(path, True)  # type: ignore[union-attr]
+    try:
+        stream.write(bytearray(data))
+    finally:
+        stream.close()
+
+
+def _write(frame: DataFrame, output: str, info: dict[str, Any]) -> None:
     """Writes the Parquet folder and its sidecar; a local one replaces any old one only once complete."""
     sidecar = json.dumps(info, indent=2).encode()
     if not storage.is_local(output):  # hdfs://, abfss://, s3a://: Spark's committer publishes the job at its end
         frame.write.mode("overwrite").parquet(output)
-        storage.write_bytes_atomic(storage.join(output, SIDECAR), sidecar, storage_options)
+        _hadoop_write(frame.sparkSession, f"{output.rstrip('/')}/{SIDECAR}", sidecar)
         return
     target = storage.local_path(output).absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -389,7 +411,7 @@ def featurize(
     )
     frame = samples_frame(spark, samples, partitions)
     info = {"kind": "features", "artistid.identity": identity}
-    _write(_score(frame, job), output, info, storage_options)
+    _write(_score(frame, job), output, info)
     return _run_summary(spark, output, job.error_col, started, frame.rdd.getNumPartitions())
 
 
@@ -418,7 +440,7 @@ def predict(
     model, job = _model_job(spark, model_uri, storage_options, batch_size=batch_size)
     frame = samples_frame(spark, samples, partitions)
     info = {"kind": "predictions", "model": str(model_uri), "classes": [str(c) for c in model.classes_]}
-    _write(_score(frame, job), output, info, storage_options)
+    _write(_score(frame, job), output, info)
     return _run_summary(spark, output, job.error_col, started, frame.rdd.getNumPartitions())
 
 

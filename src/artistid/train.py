@@ -1,7 +1,8 @@
 """Training: features from the frozen backbone (computed once, cached), then the head on top.
 
-Stages a reader can follow: `featurize_training_set` -> `split_validation` -> `fit_head` -> `Model`.
-`train` runs them in order; `train_from_features` starts from a features Parquet (e.g. made on Spark).
+Stages a reader can follow: `featurize_training_set` -> `split_validation` -> `fit_head` -> `calibrate_head`
+-> `Model`. `train` runs them in order; `train_from_features` starts from a features Parquet (e.g. made on Spark).
+`PRESETS` name whole recipes: "fast" is the defaults, "best" the most accurate one measured (docs/results.md).
 """
 
 from __future__ import annotations
@@ -12,20 +13,31 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from artistid import storage
 from artistid.backbones import Backbone, Pooling, create_backbone
+from artistid.calibration import DEFAULT_FALSE_REJECTION, calibrate, out_of_fold_scores
 from artistid.datasets import Sample
 from artistid.errors import ArtistIdError
 from artistid.features import FeatureCache, FeatureExtractor, FeatureSet, Precision, featurize
 from artistid.head import ArtistHead
 from artistid.model import Model
 
-__all__ = ["TrainResult", "TrainSettings", "data_fingerprint", "fit_head", "train", "train_from_features"]
+__all__ = [
+    "PRESETS",
+    "TrainResult",
+    "TrainSettings",
+    "calibrate_head",
+    "data_fingerprint",
+    "fit_head",
+    "preset",
+    "train",
+    "train_from_features",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +60,12 @@ class TrainSettings:
     patience: int | None = None
     val_fraction: float = 0.0
     seed: int = 123
+    image_size: int | None = None  # the backbone's input side in pixels [default: the backbone's own]
+    solver: str = "sgd"  # "lbfgs": fit the softmax to convergence (wide features)
+    standardize: bool = False
+    # Temperature and rejection threshold from out-of-fold scores of this many folds of Train; 0 or 1: none.
+    calibration_folds: int = 5
+    false_rejection: float = DEFAULT_FALSE_REJECTION  # share of known-artist paintings the threshold may reject
 
     def head(self) -> ArtistHead:
         return ArtistHead(
@@ -59,12 +77,46 @@ class TrainSettings:
             balance=self.balance,
             patience=self.patience,
             seed=self.seed,
+            solver=self.solver,
+            standardize=self.standardize,
         )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["feature_nodes"] = list(self.feature_nodes) if self.feature_nodes else None
         return data
+
+
+# The "best" recipe (chosen by 5-fold cross-validation on paintings3/Train, see bench/results.py): EfficientNet-Lite0
+# at a higher input resolution, the pooled features plus the channel means and standard deviations of every block
+# ("style statistics"), and a standardized L2 logistic regression fitted by L-BFGS.
+BEST_FEATURE_NODES = (
+    "blocks.1",
+    "blocks.2",
+    "blocks.3",
+    "blocks.4",
+    "blocks.5",
+    "blocks.6",
+    "global_pool.flatten",
+)
+PRESETS: dict[str, TrainSettings] = {
+    "fast": TrainSettings(),
+    "best": TrainSettings(
+        image_size=384,
+        feature_nodes=BEST_FEATURE_NODES,
+        pooling="meanstd",
+        solver="lbfgs",
+        standardize=True,
+        l2=0.1,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainSettings:
+    """The named recipe, with some settings changed."""
+    if name not in PRESETS:
+        raise ArtistIdError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
 
 
 @dataclass
@@ -122,10 +174,49 @@ def fit_head(features: FeatureSet, settings: TrainSettings) -> tuple[ArtistHead,
     return head, len(train_rows), len(val_rows)
 
 
+def calibrate_head(head: ArtistHead, features: FeatureSet, settings: TrainSettings) -> dict[str, Any] | None:
+    """Fits the temperature and the rejection threshold on out-of-fold scores of the training rows.
+
+    Sets `head.temperature_` and returns the model file's "calibration" section, or None when calibration is
+    off or the data is too small (fewer images of some artist than folds).
+    """
+    if settings.calibration_folds < 2:
+        return None
+    labels = np.asarray(features.labels, dtype=object)
+    train_rows, _ = split_validation(features, settings.val_fraction, settings.seed)
+    _, counts = np.unique(labels[train_rows], return_counts=True)
+    if counts.min() < settings.calibration_folds:
+        logger.warning(
+            "not calibrating: an artist has %d training images, fewer than %d folds",
+            counts.min(),
+            settings.calibration_folds,
+        )
+        return None
+    y = labels[train_rows].astype(str)
+    scores = out_of_fold_scores(
+        settings.head(), features.features[train_rows], y, settings.calibration_folds, settings.seed
+    )
+    targets = np.searchsorted(np.unique(y), y)
+    found = calibrate(
+        scores,
+        targets,
+        false_rejection=settings.false_rejection,
+        method=f"{settings.calibration_folds}-fold cross-fitting on the training set",
+    )
+    head.temperature_ = found.temperature
+    result = found.to_dict()
+    result["validation_accuracy"] = float(np.mean(scores.argmax(axis=1) == targets))
+    return result
+
+
 def _backbone(settings: TrainSettings) -> Backbone:
-    return create_backbone(
+    backbone = create_backbone(
         settings.backbone, weights=settings.weights, feature_nodes=settings.feature_nodes, pooling=settings.pooling
     )
+    if settings.image_size is not None and settings.image_size != backbone.spec.input_size:
+        # The network is fully convolutional: a larger input keeps brushstroke detail of large scans.
+        backbone.spec = replace(backbone.spec, input_size=settings.image_size)
+    return backbone
 
 
 def _result(
@@ -138,7 +229,8 @@ def _result(
 ) -> TrainResult:
     started = time.perf_counter()
     head, n_train, n_val = fit_head(features, settings)
-    info = {
+    calibration = calibrate_head(head, features, settings)
+    info: dict[str, Any] = {
         "training": {
             "settings": settings.to_dict(),
             "fingerprint": fingerprint,
@@ -148,6 +240,8 @@ def _result(
             "skipped": len(features.errors),
         }
     }
+    if calibration is not None:
+        info["calibration"] = calibration
     model = Model(backbone, head, precision=extractor.precision, info=info)
     return TrainResult(
         model, head.history_, n_train, n_val, features.errors, featurize_seconds, time.perf_counter() - started

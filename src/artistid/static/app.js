@@ -59,6 +59,7 @@ async function identify(file) {
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
   $("prompt").hidden = true;
+  $("again").hidden = false;
   $("status").textContent = `Looking at ${file.name}…`;
   $("answer").hidden = true;
   const form = new FormData();
@@ -68,6 +69,8 @@ async function identify(file) {
     const body = await response.json();
     if (!response.ok) {
       $("status").textContent = file.name;
+      preview.hidden = true; // the browser may not be able to show it either
+      $("prompt").hidden = false;
       showError(typeof body.detail === "string" ? body.detail : `the service answered ${response.status}`);
       return;
     }
