@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: setup test-deps demo test lint bench bench-train bench-serve bench-storage bench-spark clean
+.PHONY: setup test-deps demo test lint bench bench-train bench-results bench-serve bench-storage bench-spark clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,9 @@ bench: setup
 
 bench-train: setup
 	$(BIN)/python bench/train.py
+
+bench-results: setup
+	$(BIN)/python bench/results.py
 
 bench-serve: setup
 	$(BIN)/python bench/serve.py

@@ -103,25 +103,25 @@ def coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndar
     return answered / max(len(order), 1), np.cumsum(hits) / answered, confidence[order]
 
 
-def coverage_png(
-    confidence: np.ndarray, correct: np.ndarray, threshold: float | None = None, title: str = ""
-) -> bytes:
+def coverage_png(confidence: np.ndarray, correct: np.ndarray, threshold: float | None = None, title: str = "") -> bytes:
     """The accuracy-versus-coverage curve as a PNG, the model's threshold marked."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A bare Figure needs no pyplot backend: the caller's matplotlib state (e.g. a notebook's) stays untouched.
+    from matplotlib.figure import Figure
 
     coverage, accuracy, thresholds = coverage_curve(confidence, correct)
-    figure, axes = plt.subplots(figsize=(5, 4))
+    figure = Figure(figsize=(5, 4))
+    axes = figure.add_subplot()
     axes.plot(coverage, accuracy, color="tab:blue")
     if threshold is not None and len(coverage):
         answered = int(np.sum(thresholds >= threshold))
         if answered:
             axes.scatter(
-                [coverage[answered - 1]], [accuracy[answered - 1]], color="tab:red", zorder=3,
+                [coverage[answered - 1]],
+                [accuracy[answered - 1]],
+                color="tab:red",
+                zorder=3,
                 label=f"threshold {threshold:.2f}: {coverage[answered - 1]:.0%} answered",
             )
             axes.legend(loc="lower left")
@@ -134,7 +134,6 @@ def coverage_png(
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    plt.close(figure)
     return buffer.getvalue()
 
 

@@ -65,11 +65,11 @@ FeatureNode = Annotated[
 ]
 Pooling = Annotated[str, typer.Option("--pooling", help="avg, or meanstd: channel means and stds (style).")]
 Precision = Annotated[str, typer.Option("--precision", help="auto, fp32 or bf16 (auto: bf16 where native).")]
-Engine = Annotated[str, typer.Option("--engine", help="local, or spark: run on Apache Spark (artistid[spark]).")]
+Engine = Annotated[str, typer.Option("--engine", help="local, or spark: run on Apache Spark (the spark extra).")]
 Master = Annotated[
-    str | None, typer.Option("--master", help="Spark master, e.g. local[2] [default: spark-submit's, else local[*]].")
+    str | None, typer.Option("--master", help="Spark master, e.g. local[2]; default: spark-submit's, else local[*].")
 ]
-Partitions = Annotated[int | None, typer.Option("--partitions", help="Spark partitions [default: 4 per core].")]
+Partitions = Annotated[int | None, typer.Option("--partitions", help="Spark partitions; default: 4 per core.")]
 
 
 def _options(items: list[str] | None) -> dict[str, Any] | None:
@@ -269,7 +269,7 @@ def train(
     patience: Annotated[int | None, typer.Option(help="Stop after N epochs without validation gain.")] = None,
     balance: Annotated[bool, typer.Option(help="Weight artists by inverse frequency.")] = False,
     preset: Annotated[
-        str, typer.Option(help="Recipe: fast (the defaults) or best (style statistics at 384 px, L-BFGS head).")
+        str, typer.Option(help="Recipe: fast (the defaults) or best (style statistics at 512 px, L-BFGS head).")
     ] = "fast",
     image_size: Annotated[
         int | None, typer.Option(help="Backbone input side in pixels (default: the backbone's own).")
@@ -490,7 +490,7 @@ def predict(
 ) -> None:
     """Name the artist of each painting."""
     from artistid.datasets import list_images
-    from artistid.model import Model
+    from artistid.model import UNKNOWN, Model
 
     _configure_logging(True)
     spark = _spark(engine)
@@ -526,7 +526,7 @@ def predict(
         order = row.argsort()[::-1][:k]
         records[path] = {
             "path": path,
-            "artist": classes[order[0]],
+            "artist": model.label_for(row),  # "unknown" below the model's rejection threshold
             "probability": float(row[order[0]]),
             "top_k": [{"artist": classes[i], "probability": float(row[i])} for i in order],
         }
@@ -542,9 +542,106 @@ def predict(
                 typer.echo(f"{record['path']:<{width}}  error: {record['error']}")
                 continue
             ranked = "  ".join(f"{t['artist']} {t['probability']:.3f}" for t in record["top_k"])
-            typer.echo(f"{record['path']:<{width}}  {ranked}")
+            verdict = f"unknown (best guess: {ranked})" if record["artist"] == UNKNOWN else ranked
+            typer.echo(f"{record['path']:<{width}}  {verdict}")
     if strict and features.errors:
         raise typer.Exit(1)
+
+
+# --- finetune --------------------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def finetune(
+    data: Annotated[str, typer.Argument(help="Dataset folder (Train/, Test/), folder of artist folders, or map file.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Model file to write (a storage URI works too).")],
+    unfreeze: Annotated[str, typer.Option(help="What learns besides the head: last-N (blocks) or all.")] = "last-2",
+    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 5,
+    batch_size: Annotated[int, typer.Option(help="Minibatch size.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate of the head (cosine schedule).")] = 1e-3,
+    backbone_lr_scale: Annotated[float, typer.Option(help="The backbone's learning rate, relative to lr.")] = 0.1,
+    optimizer: Annotated[str, typer.Option(help="adamw or sgd.")] = "adamw",
+    image_size: Annotated[int | None, typer.Option(help="Input side in pixels (default: the backbone's own).")] = None,
+    backbone: Backbone = "efficientnet_lite0",
+    weights: Weights = None,
+    precision: Precision = "auto",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 123,
+    checkpoint_dir: Annotated[
+        Path | None, typer.Option("--checkpoint-dir", help="Write a checkpoint here after every epoch.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --checkpoint-dir.")] = False,
+    workers: Workers = None,
+    cache_dir: CacheDir = None,
+    no_cache: NoCache = False,
+    as_json: Json = False,
+    quiet: Quiet = False,
+) -> None:
+    """Fine-tune the backbone's last blocks (or all) with the head, on augmented crops; evaluate on Test."""
+    from artistid.datasets import load_dataset
+    from artistid.evaluate import evaluate, format_report
+    from artistid.finetune import FinetuneSettings
+    from artistid.finetune import finetune as run_finetune
+
+    _configure_logging(quiet)
+    logging.getLogger("artistid.finetune").setLevel(logging.ERROR if quiet or as_json else logging.INFO)
+    dataset = load_dataset(data)
+    settings = FinetuneSettings(
+        backbone=backbone,
+        weights=str(weights) if weights else None,
+        unfreeze=unfreeze,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        backbone_lr_scale=backbone_lr_scale,
+        optimizer=optimizer,
+        image_size=image_size,
+        precision=precision,
+        seed=seed,
+    )
+    result = run_finetune(dataset.train, settings, checkpoint_dir=checkpoint_dir, resume=resume, workers=workers)
+    model = result.model
+    metrics: dict[str, Any] = {}
+    if dataset.test:
+        evaluation = evaluate(model, dataset.test, cache=_cache(cache_dir, no_cache), workers=workers, progress=False)
+        metrics = _summary_metrics(evaluation.metrics)
+        model.info["metrics"] = metrics
+        if not as_json:
+            typer.echo(format_report(evaluation))
+    model.save(output)
+    if as_json:
+        _print_json(
+            {"output": output, "metrics": metrics, "history": result.history, "resumed_from": result.resumed_from}
+        )
+        return
+    typer.echo(f"fine-tuned in {result.seconds:.0f} s; model written to {output}")
+
+
+# --- explain ---------------------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def explain(
+    model_path: Annotated[str, typer.Argument(metavar="MODEL", help="Model file.")],
+    image: Annotated[str, typer.Argument(metavar="IMAGE", help="Image file.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="PNG file to write (a storage URI works too).")],
+    artist: Annotated[
+        str | None, typer.Option("--artist", help="Explain this artist's score [default: the top artist].")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Draw a Grad-CAM heat map over the painting: the regions that made the model name the artist."""
+    from artistid.explain import grad_cam
+    from artistid.model import Model
+    from artistid.storage import write_bytes_atomic
+
+    _configure_logging(True)
+    model = Model.load(model_path)
+    explanation = grad_cam(model, image, artist)
+    write_bytes_atomic(output, explanation.png())
+    if as_json:
+        _print_json(
+            {"image": image, "artist": explanation.artist, "probability": explanation.probability, "output": output}
+        )
+        return
+    typer.echo(f"{image}: heat map for {explanation.artist} (probability {explanation.probability:.3f}) -> {output}")
 
 
 # --- fetch, prepare, check -------------------------------------------------------------------------------------
@@ -642,6 +739,7 @@ def serve(
         str | None,
         typer.Option("--runtime", help="torch or onnx [default: onnx for an .onnx file, else torch]."),
     ] = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", help="Most images per model call (micro-batching).")] = 4,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
 ) -> None:
     """Serve MODEL over HTTP: POST /v1/predict, GET /v1/model, a page at / and OpenAPI docs at /docs.
@@ -665,7 +763,15 @@ def serve(
             typer.echo(f"exported {model_path} to ONNX (max probability difference {report.max_abs_diff:.2g})")
             model_path = exported
         check_model_file(model_path, chosen)  # a bad file fails here in one line, before the server starts
-        run_server(model_path, host=host, port=port, runtime=chosen, max_upload_mb=max_upload_mb, log_level=log_level)
+        run_server(
+            model_path,
+            host=host,
+            port=port,
+            runtime=chosen,
+            max_upload_mb=max_upload_mb,
+            max_batch=max_batch,
+            log_level=log_level,
+        )
 
 
 @app.command()

@@ -1,6 +1,9 @@
 """Honest evaluation of a model on a test set: accuracy over known artists, what it said for unknown ones.
 
-`evaluate` returns an `Evaluation`; `write_report` writes predictions.csv, metrics.json and confusion.png.
+`evaluate` returns an `Evaluation`; `write_report` writes predictions.csv, metrics.json, confusion.png and
+coverage.png (accuracy versus the share of paintings answered). With a rejection threshold (the model's
+calibration), the metrics also say how many known-artist paintings it wrongly calls "unknown"
+(`false_rejection_rate`) and how many paintings of other artists it rightly does (`unknown_rejection_rate`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from artistid import storage
+from artistid.calibration import coverage_curve, coverage_png, expected_calibration_error
 from artistid.datasets import Sample
 from artistid.features import FeatureCache
 from artistid.model import Model
@@ -31,14 +35,53 @@ class Evaluation:
     truths: list[str | None]
     probabilities: np.ndarray
     metrics: dict[str, Any]
+    threshold: float | None = None
 
     @property
     def predictions(self) -> list[str]:
         return [self.classes[i] for i in self.probabilities.argmax(axis=1)] if len(self.paths) else []
 
 
+def _rejection_metrics(
+    known: np.ndarray, true_index: np.ndarray, probabilities: np.ndarray, threshold: float | None
+) -> dict[str, Any]:
+    """Calibration error on known artists, the accuracy-coverage trade-off, and what the threshold rejects."""
+    confidence = probabilities.max(axis=1) if len(probabilities) else np.zeros(0)
+    known_confidence, unknown_confidence = confidence[known], confidence[~known]
+    correct = probabilities[known].argmax(axis=1) == true_index if len(true_index) else np.zeros(0, bool)
+    coverage, accuracy, _ = coverage_curve(known_confidence, correct)
+    curve = (
+        [
+            {"coverage": float(coverage[i]), "accuracy": float(accuracy[i])}
+            for i in sorted({max(0, int(np.ceil(c * len(coverage))) - 1) for c in np.linspace(0.5, 1.0, 11)})
+        ]
+        if len(coverage)
+        else []
+    )
+    result: dict[str, Any] = {
+        "ece": expected_calibration_error(probabilities[known], true_index) if len(true_index) else None,
+        "threshold": threshold,
+        "false_rejection_rate": None,
+        "unknown_rejection_rate": None,
+        "accuracy_answered": None,
+        "coverage_curve": curve,
+    }
+    if threshold is not None:
+        accepted = known_confidence >= threshold
+        result["false_rejection_rate"] = float(np.mean(~accepted)) if len(accepted) else None
+        result["unknown_rejection_rate"] = (
+            float(np.mean(unknown_confidence < threshold)) if len(unknown_confidence) else None
+        )
+        result["accuracy_answered"] = float(np.mean(correct[accepted])) if accepted.any() else None
+    return result
+
+
 def _metrics(
-    classes: list[str], truths: list[str | None], probabilities: np.ndarray, skipped: list[tuple[str, str]]
+    classes: list[str],
+    truths: list[str | None],
+    probabilities: np.ndarray,
+    skipped: list[tuple[str, str]],
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
@@ -69,6 +112,7 @@ def _metrics(
         "confusion_matrix": confusion_matrix(true_index, predicted, labels=range(len(classes))).tolist(),
         "unknown": {"n": len(unknown_predictions), "predicted": dict(Counter(unknown_predictions))},
         "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
+        **_rejection_metrics(known, true_index, probabilities, threshold),
     }
 
 
@@ -90,8 +134,8 @@ def evaluate(
     probabilities = (
         model.head.predict_proba(features.features) if len(features) else np.zeros((0, len(classes)), np.float32)
     )
-    metrics = _metrics(classes, truths, probabilities, features.errors)
-    return Evaluation(classes, features.paths, truths, probabilities, metrics)
+    metrics = _metrics(classes, truths, probabilities, features.errors, model.threshold)
+    return Evaluation(classes, features.paths, truths, probabilities, metrics, model.threshold)
 
 
 def format_report(evaluation: Evaluation) -> str:
@@ -117,7 +161,18 @@ def format_report(evaluation: Evaluation) -> str:
         lines.append(f"{name:<{width}}  " + "  ".join(f"{v:>12d}" for v in row))
     if m["unknown"]["n"]:
         said = ", ".join(f"{k} {v}" for k, v in sorted(m["unknown"]["predicted"].items()))
-        lines.append(f"{m['unknown']['n']} images of other artists; the model said: {said}")
+        lines.append(f"{m['unknown']['n']} images of other artists; the model's top guess: {said}")
+    if m.get("ece") is not None:
+        lines.append(f"expected calibration error {m['ece']:.1%}")
+    if m.get("threshold") is not None:
+        rejection = f"'unknown' below probability {m['threshold']:.2f}: "
+        if m["false_rejection_rate"] is not None:
+            rejection += f"{m['false_rejection_rate']:.1%} of known-artist images rejected"
+            if m["accuracy_answered"] is not None:
+                rejection += f" (accuracy on the rest {m['accuracy_answered']:.1%})"
+        if m["unknown_rejection_rate"] is not None:
+            rejection += f", {m['unknown_rejection_rate']:.1%} of other artists' images rejected"
+        lines.append(rejection)
     if m["skipped"]:
         lines.append(f"skipped {len(m['skipped'])} unusable files:")
         lines.extend(f"  {s['reason']}" for s in m["skipped"])
@@ -144,8 +199,17 @@ def _confusion_png(evaluation: Evaluation) -> bytes:
     return buffer.getvalue()
 
 
+def _coverage_png(evaluation: Evaluation) -> bytes:
+    known = np.array([t is not None for t in evaluation.truths], dtype=bool)
+    probabilities = evaluation.probabilities[known] if len(known) else np.zeros((0, len(evaluation.classes)))
+    index = {name: i for i, name in enumerate(evaluation.classes)}
+    truth = np.array([index[t] for t in evaluation.truths if t is not None], dtype=int)
+    correct = probabilities.argmax(axis=1) == truth if len(truth) else np.zeros(0, bool)
+    return coverage_png(probabilities.max(axis=1) if len(truth) else np.zeros(0), correct, evaluation.threshold)
+
+
 def write_report(evaluation: Evaluation, directory: str | Path) -> dict[str, str]:
-    """Writes predictions.csv, metrics.json and confusion.png into `directory`; returns their paths."""
+    """Writes predictions.csv, metrics.json, confusion.png and coverage.png into `directory`; returns their paths."""
     rows = io.StringIO()
     writer = csv.writer(rows)
     writer.writerow(["path", "true", "predicted", *evaluation.classes])
@@ -159,6 +223,7 @@ def write_report(evaluation: Evaluation, directory: str | Path) -> dict[str, str
         "predictions": (storage.join(str(directory), "predictions.csv"), rows.getvalue().encode()),
         "metrics": (storage.join(str(directory), "metrics.json"), json.dumps(evaluation.metrics, indent=2).encode()),
         "confusion": (storage.join(str(directory), "confusion.png"), _confusion_png(evaluation)),
+        "coverage": (storage.join(str(directory), "coverage.png"), _coverage_png(evaluation)),
     }
     for path, data in files.values():
         storage.write_bytes_atomic(path, data)

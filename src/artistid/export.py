@@ -130,18 +130,23 @@ def check_parity(onnx_model: OnnxModel, model: Model, pixels: np.ndarray, tolera
     """Largest probability difference between ONNX Runtime and the PyTorch fp32 pipeline; raises ExportError if
     an artist differs or the difference is over `tolerance`."""
     expected, _ = _fp32_reference(model, pixels)
-    return _compare(onnx_model.predict_pixels(pixels), expected, tolerance, onnx_model.path)
+    return _compare(onnx_model.predict_pixels(pixels), expected, tolerance, _onnx_vs_torch(onnx_model.path, pixels))
 
 
-def _compare(actual: np.ndarray, expected: np.ndarray, tolerance: float, name: str) -> float:
+def _onnx_vs_torch(name: str, pixels: np.ndarray) -> str:
+    return f"{name}: ONNX Runtime disagrees with PyTorch (fp32) on {len(pixels)} sample images"
+
+
+def _compare(actual: np.ndarray, expected: np.ndarray, tolerance: float, disagreement: str) -> float:
+    """The largest difference; raises ExportError starting with `disagreement` if an artist differs or it is over."""
     if actual.shape != expected.shape:
-        raise ExportError(f"{name}: ONNX gives probabilities of shape {actual.shape}, PyTorch {expected.shape}")
+        raise ExportError(f"{disagreement}: probabilities of shape {actual.shape} instead of {expected.shape}")
     diff = float(np.abs(actual - expected).max())
     differ = int((actual.argmax(axis=1) != expected.argmax(axis=1)).sum())
     if differ or not diff <= tolerance:  # `not <=` also catches NaN
         raise ExportError(
-            f"{name}: ONNX Runtime disagrees with PyTorch (fp32) on {len(actual)} sample images: max probability "
-            f"difference {diff:.3g} (tolerance {tolerance:g}), {differ} with a different artist"
+            f"{disagreement}: max probability difference {diff:.3g} (tolerance {tolerance:g}), "
+            f"{differ} with a different artist"
         )
     return diff
 
@@ -222,18 +227,26 @@ def export_onnx(
     output = Path(output)
     pixels = sample_pixels(model, check_images)
     expected, head_expected = _fp32_reference(model, pixels)
-    head_diff = _compare(expected, head_expected, tolerance, f"{source or 'model'} (export pipeline vs head)")
+    head_diff = _compare(
+        expected,
+        head_expected,
+        tolerance,
+        f"{source or 'model'}: the export pipeline disagrees with the model's own head on {len(pixels)} sample images",
+    )
     output.parent.mkdir(parents=True, exist_ok=True)
     handle, partial = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent)
     os.close(handle)
     try:
         _trace_to_onnx(model, pixels[:2], partial)
-        diff = _compare(_run_onnx(partial, pixels), expected, tolerance, str(output))
+        diff = _compare(_run_onnx(partial, pixels), expected, tolerance, _onnx_vs_torch(str(output), pixels))
         graph = onnx.load(partial)
         onnx.checker.check_model(graph)
         onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps(_metadata(model, source, len(pixels), diff))})
         onnx.save(graph, partial)
         OnnxModel.load(partial)  # reads back as `artistid serve` will
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(partial, 0o666 & ~umask)  # mkstemp made it private; the result is an ordinary file
         os.replace(partial, output)
     finally:
         if os.path.exists(partial):

@@ -120,6 +120,8 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
         else:
             self._fit_sgd(inputs, targets, schedule, X_val if validate else None, y_val if validate else None)
         del self._center, self._scale
+        # Epochs run (sgd) or solver iterations (lbfgs), scikit-learn's name for it.
+        self.n_iter_ = int(self.history_[-1].get("iterations", len(self.history_)))
         return self
 
     def _set_layer(self, weight: np.ndarray, bias: np.ndarray) -> None:

@@ -462,8 +462,8 @@ def evaluate(
     skipped = [(r["path"], r[job.error_col]) for r in rows if r[job.error_col] is not None]
     truths = [r["label"] if r["label"] in classes else None for r in ok]
     probabilities = np.asarray([r[job.probability_col] for r in ok], dtype=np.float64).reshape(len(ok), len(classes))
-    metrics = _metrics(classes, truths, probabilities, skipped)
-    return Evaluation(classes, [r["path"] for r in ok], truths, probabilities, metrics)
+    metrics = _metrics(classes, truths, probabilities, skipped, model.threshold)
+    return Evaluation(classes, [r["path"] for r in ok], truths, probabilities, metrics, model.threshold)
 
 
 # --- Spark ML wrappers ------------------------------------------------------------------------------------------

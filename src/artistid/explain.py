@@ -1,0 +1,123 @@
+"""Where the model looked: a Grad-CAM heat map over the painting (Selvaraju et al., 2017; package `grad-cam`).
+
+The class score of the trained head is traced back to the backbone's last convolution; the heat map shows which
+regions raised the score of the named artist. With multi-layer "style statistics" features (the best preset) the
+map follows the pooled, last-layer part of the features, which is the part with spatial meaning.
+
+    png = explain_image(model, "starry.jpg")          # the painting with its heat map, as PNG bytes
+    heat = grad_cam(model, "starry.jpg")              # the map itself, values in [0, 1]
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from artistid.errors import ArtistIdError
+from artistid.images import decode_image, load_image
+from artistid.model import ImageInput, Model
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["Explanation", "explain_image", "grad_cam"]
+
+logger = logging.getLogger(__name__)
+
+DISPLAY_SIZE = 768  # long side of the picture the map is drawn over: enough to see, small enough to send
+
+
+@dataclass
+class Explanation:
+    """The heat map (the painting's aspect ratio, values in [0, 1]) for one artist, and that artist's probability."""
+
+    heat: np.ndarray
+    artist: str
+    probability: float
+    picture: np.ndarray  # the painting, RGB uint8, the same size as `heat`
+
+    def png(self) -> bytes:
+        """The painting with the heat map laid over it, as PNG bytes."""
+        from pytorch_grad_cam.utils.image import show_cam_on_image
+
+        overlay = show_cam_on_image(self.picture.astype(np.float32) / 255, self.heat, use_rgb=True, image_weight=0.55)
+        buffer = io.BytesIO()
+        Image.fromarray(overlay).save(buffer, format="PNG", optimize=True)
+        return buffer.getvalue()
+
+
+def _last_convolution(network: nn.Module) -> nn.Module:
+    from torch import nn
+
+    convolutions = [module for module in network.modules() if isinstance(module, nn.Conv2d)]
+    if not convolutions:
+        raise ArtistIdError(f"cannot explain a {type(network).__name__}: it has no convolution to take a map from")
+    return convolutions[-1]
+
+
+def _scorer(model: Model) -> nn.Module:
+    """The model as one differentiable module: normalized image in, the head's class scores out."""
+    import torch
+    from torch import nn
+
+    class Scorer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.network = model.backbone.network  # registered, so Grad-CAM can clear its gradients
+            self.register_buffer("weight", torch.from_numpy(np.asarray(model.head.coef_, dtype=np.float32)))
+            self.register_buffer("bias", torch.from_numpy(np.asarray(model.head.intercept_, dtype=np.float32)))
+
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            # The backbone's weights are frozen; the input must carry a gradient for the activations to have one.
+            features = model.backbone(batch.requires_grad_(True))
+            return features @ self.weight.T + self.bias
+
+    return Scorer().eval()
+
+
+def grad_cam(model: Model, image: ImageInput, artist: str | None = None) -> Explanation:
+    """The Grad-CAM map of `image` for `artist` (default: the model's top artist); raises ImageError if unusable."""
+    import torch
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    classes = [str(c) for c in model.classes_]
+    if artist is not None and artist not in classes:
+        raise ArtistIdError(f"unknown artist {artist!r}: this model knows {', '.join(classes)}")
+    pixels = np.array(load_image(image, model.preprocess))  # a writable copy, as torch wants
+    batch = model.extractor.to_input(pixels[None]).float()
+    scorer = _scorer(model).to(batch.device)
+    with torch.no_grad():
+        probabilities = model.head.predict_proba(model.extractor(pixels[None]))[0]
+    index = classes.index(artist) if artist is not None else int(np.argmax(probabilities))
+    with GradCAM(model=scorer, target_layers=[_last_convolution(model.backbone.network)]) as cam:
+        heat = cam(input_tensor=batch, targets=[ClassifierOutputTarget(index)])[0]
+    picture = _display_picture(image)
+    # The network saw a square (the painting stretched); stretch the map back onto the painting's own shape.
+    resized = Image.fromarray(np.clip(heat * 255, 0, 255).astype(np.uint8)).resize(
+        (picture.shape[1], picture.shape[0]), Image.Resampling.BILINEAR
+    )
+    return Explanation(np.asarray(resized, np.float32) / 255, classes[index], float(probabilities[index]), picture)
+
+
+def _display_picture(image: ImageInput) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        picture = ImageOps.exif_transpose(image).convert("RGB")
+    elif isinstance(image, bytes):
+        picture = decode_image(image, "<bytes>", draft_size=DISPLAY_SIZE)
+    else:  # already read once by load_image, so it is readable
+        picture = decode_image(Path(image).read_bytes(), str(image), draft_size=DISPLAY_SIZE)
+    picture = picture.copy()
+    picture.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE), Image.Resampling.BILINEAR)
+    return np.asarray(picture, dtype=np.uint8)
+
+
+def explain_image(model: Model, image: ImageInput, artist: str | None = None) -> bytes:
+    """The painting with its Grad-CAM heat map for `artist` (default: the top artist), as PNG bytes."""
+    return grad_cam(model, image, artist).png()

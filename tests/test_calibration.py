@@ -1,0 +1,151 @@
+"""Calibration: temperature scaling, expected calibration error, the rejection threshold and "unknown"."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from artistid.calibration import (
+    calibrate,
+    choose_threshold,
+    coverage_curve,
+    coverage_png,
+    expected_calibration_error,
+    fit_temperature,
+    out_of_fold_scores,
+    rejection_rates,
+    softmax,
+)
+from artistid.cli import app
+from artistid.head import ArtistHead
+from artistid.model import UNKNOWN, Model
+
+
+def _synthetic(n: int = 4000, classes: int = 3, temperature: float = 3.0, seed: int = 0):
+    """Scores whose labels are drawn from softmax(scores / temperature): that temperature calibrates them."""
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(0, 4, size=(n, classes))
+    probabilities = softmax(scores, temperature)
+    targets = np.array([rng.choice(classes, p=row) for row in probabilities])
+    return scores, targets
+
+
+def test_temperature_scaling_recovers_the_temperature_and_lowers_ece() -> None:
+    scores, targets = _synthetic(temperature=3.0)
+    temperature = fit_temperature(scores, targets)
+    assert temperature == pytest.approx(3.0, rel=0.15)
+    found = calibrate(scores, targets)
+    assert found.ece_after < 0.03 < found.ece_before
+    assert found.nll_after < found.nll_before
+    assert found.to_dict()["temperature"] == pytest.approx(temperature)
+
+
+def test_expected_calibration_error_of_perfect_and_overconfident_predictions() -> None:
+    certain_and_right = np.eye(3)[[0, 1, 2, 0]]
+    assert expected_calibration_error(certain_and_right, np.array([0, 1, 2, 0])) == 0.0
+    # Always 100% sure, right half the time: off by 50 points.
+    assert expected_calibration_error(certain_and_right, np.array([0, 1, 0, 1])) == pytest.approx(0.5)
+    assert expected_calibration_error(np.zeros((0, 3)), np.zeros(0, int)) == 0.0
+
+
+def test_threshold_rejects_at_most_the_chosen_share_of_known_paintings() -> None:
+    confidence = np.linspace(0.3, 1.0, 200)
+    for share in (0.0, 0.02, 0.1):
+        threshold = choose_threshold(confidence, share)
+        assert np.mean(confidence < threshold) <= share
+    rates = rejection_rates(confidence, np.array([0.2, 0.35, 0.99]), choose_threshold(confidence, 0.1))
+    assert rates["false_rejection_rate"] <= 0.1
+    assert rates["unknown_rejection_rate"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="false_rejection"):
+        choose_threshold(confidence, 1.5)
+
+
+def test_coverage_curve_answers_the_most_confident_first() -> None:
+    confidence = np.array([0.9, 0.5, 0.99, 0.6])
+    correct = np.array([True, False, True, False])
+    coverage, accuracy, thresholds = coverage_curve(confidence, correct)
+    assert coverage.tolist() == [0.25, 0.5, 0.75, 1.0]
+    assert accuracy.tolist() == [1.0, 1.0, pytest.approx(2 / 3), 0.5]
+    assert thresholds.tolist() == [0.99, 0.9, 0.6, 0.5]
+    with Image.open(io.BytesIO(coverage_png(confidence, correct, threshold=0.7))) as plot:
+        assert plot.format == "PNG" and plot.width > 200
+
+
+def test_out_of_fold_scores_come_from_heads_that_did_not_see_the_row() -> None:
+    rng = np.random.default_rng(1)
+    X = np.vstack([rng.normal(c, 1.0, size=(30, 5)) for c in range(3)]).astype(np.float32)
+    y = np.repeat(np.array(["a", "b", "c"]), 30)
+    scores = out_of_fold_scores(ArtistHead(solver="lbfgs", standardize=True, l2=0.01), X, y, folds=5)
+    assert scores.shape == (90, 3) and np.isfinite(scores).all()
+    assert np.mean(scores.argmax(axis=1) == np.repeat([0, 1, 2], 30)) > 0.8
+    # A memorizing head would score its own rows perfectly; held-out rows are scored less confidently.
+    full = ArtistHead(solver="lbfgs", standardize=True, l2=0.01).fit(X, y)
+    assert softmax(scores).max(axis=1).mean() < full.predict_proba(X).max(axis=1).mean()
+
+
+# --- the model file and the commands ------------------------------------------------------------------------------
+
+
+def test_training_stores_the_calibration_in_the_model_file(demo_model: Model) -> None:
+    calibration = demo_model.info["calibration"]
+    assert {"temperature", "threshold", "ece_before", "ece_after", "n"} <= set(calibration)
+    assert calibration["ece_after"] <= calibration["ece_before"] + 1e-9
+    assert demo_model.head.temperature_ == pytest.approx(calibration["temperature"])
+    assert demo_model.threshold == pytest.approx(calibration["threshold"])
+    assert 0 < demo_model.threshold < 1
+    assert demo_model.label_for(np.array([0.34, 0.33, 0.33])) == UNKNOWN
+    assert demo_model.label_for(np.array([0.0, 1.0, 0.0])) == demo_model.classes_[1]
+
+
+def test_evaluate_reports_rejection_rates_and_the_coverage_curve(
+    demo_model_path: Path, demo_data: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    test = tmp_path / "Test"
+    for artist in ("Claude_Monet", "Vincent_van_Gogh", "Rembrandt"):
+        (test / artist).mkdir(parents=True)
+        for image in sorted((demo_data / "Test" / artist).glob("*.jpg"))[:4]:
+            (test / artist / image.name).write_bytes(image.read_bytes())
+    # A flat grey image stands for a painting by nobody the model knows.
+    Image.new("RGB", (300, 200), (128, 128, 128)).save(test / "grey.jpg")
+    report = tmp_path / "report"
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", str(demo_model_path), str(test), "--json", "--report", str(report), "--cache-dir", str(cache_dir)],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    assert metrics["n"] == 12 and metrics["unknown"]["n"] == 1
+    assert metrics["threshold"] == pytest.approx(Model.load(demo_model_path).threshold)
+    assert 0 <= metrics["false_rejection_rate"] <= 1
+    assert metrics["unknown_rejection_rate"] in (0.0, 1.0)
+    assert 0 <= metrics["ece"] <= 1
+    assert metrics["coverage_curve"][-1]["coverage"] == 1.0
+    assert metrics["coverage_curve"][-1]["accuracy"] == pytest.approx(metrics["accuracy"])
+    with Image.open(report / "coverage.png") as plot:
+        assert plot.format == "PNG"
+    text = CliRunner().invoke(app, ["evaluate", str(demo_model_path), str(test), "--cache-dir", str(cache_dir)])
+    assert "of known-artist images rejected" in text.output and "of other artists' images rejected" in text.output
+
+
+def test_predict_says_unknown_below_the_threshold(demo_model_path: Path, demo_data: Path, tmp_path: Path) -> None:
+    from artistid.model_file import read_model_file, write_model_file
+
+    tensors, meta = read_model_file(demo_model_path)
+    meta["calibration"]["threshold"] = 1.01  # nothing is that sure: every painting is "unknown"
+    strict = tmp_path / "strict.safetensors"
+    write_model_file(strict, tensors, {k: v for k, v in meta.items() if k not in ("format", "version")})
+    painting = next((demo_data / "Test" / "Claude_Monet").glob("*.jpg"))
+    for model_path, expected in ((strict, UNKNOWN), (demo_model_path, None)):
+        result = CliRunner().invoke(app, ["predict", str(model_path), str(painting), "--json", "--no-cache"])
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.output)[0]
+        if expected:
+            assert record["artist"] == UNKNOWN and record["top_k"][0]["artist"] != UNKNOWN
+        else:
+            assert record["artist"] in Model.load(model_path).classes_

@@ -1,0 +1,92 @@
+"""Presets and the head's solvers: `--preset fast` is the reference recipe, `--preset best` the richer one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from typer.testing import CliRunner
+
+from artistid.cli import app
+from artistid.errors import ArtistIdError
+from artistid.head import ArtistHead
+from artistid.model import Model
+from artistid.model_file import read_metadata
+from artistid.train import PRESETS, TrainSettings, preset
+
+
+def _blobs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    # Features on very different scales, as style statistics of several layers are.
+    X = np.vstack([rng.normal(3 * c, 1.0, size=(40, 6)) * [1, 10, 100, 0.01, 1, 5] for c in range(3)])
+    return X.astype(np.float32), np.repeat(np.array(["Monet", "Picasso", "Van Gogh"]), 40)
+
+
+@parametrize_with_checks([ArtistHead(solver="lbfgs", standardize=True), ArtistHead(standardize=True)])
+def test_other_solvers_keep_the_estimator_contract(estimator, check) -> None:
+    check(estimator)
+
+
+def test_fast_preset_is_the_defaults_and_unknown_presets_are_refused() -> None:
+    assert preset("fast") == TrainSettings()
+    head = TrainSettings().head()
+    assert (head.solver, head.standardize, head.epochs, head.lr, head.l2) == ("sgd", False, 7, "0.2x10,0.1", 0.0005)
+    best = preset("best", image_size=320)
+    assert best.image_size == 320 and best.solver == PRESETS["best"].solver == "lbfgs"
+    assert PRESETS["best"].image_size != 320  # a copy was changed, not the preset
+    with pytest.raises(ArtistIdError, match="unknown preset 'slow'"):
+        preset("slow")
+
+
+def test_lbfgs_head_matches_standardized_logistic_regression() -> None:
+    X, y = _blobs()
+    head = ArtistHead(solver="lbfgs", standardize=True, l2=0.05).fit(X, y)
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=1 / (0.05 * len(y)), max_iter=1000)).fit(X, y)
+    # The standardization is folded into one linear layer on raw features: the model file stays a linear head.
+    assert head.coef_.shape == (3, 6) and head.intercept_.shape == (3,)
+    assert np.allclose(head.predict_proba(X), reference.predict_proba(X), atol=1e-3)
+    assert head.history_[0]["iterations"] >= 1 and head.history_[0]["train_error"] < 0.05
+
+
+def test_standardized_sgd_and_two_class_lbfgs_heads() -> None:
+    X, y = _blobs(1)
+    raw = ArtistHead().fit(X, y)
+    standardized = ArtistHead(standardize=True, lr="0.05").fit(X, y)
+    assert np.mean(standardized.predict(X) == y) >= np.mean(raw.predict(X) == y)
+    two = ArtistHead(solver="lbfgs", standardize=True).fit(X[:80], y[:80])
+    assert two.coef_.shape == (2, 6)
+    assert np.allclose(two.predict_proba(X[:80]).sum(axis=1), 1)
+    assert np.mean(two.predict(X[:80]) == y[:80]) > 0.9
+    with pytest.raises(ValueError, match="solver must be one of"):
+        ArtistHead(solver="adam").fit(X, y)
+    with pytest.raises(ValueError, match="lbfgs solver needs l2 > 0"):
+        ArtistHead(solver="lbfgs", l2=0).fit(X, y)
+
+
+def test_best_preset_trains_from_the_command_line(demo_data: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """The best recipe end to end on a small part of the demo set; options typed on the command line override it."""
+    train = tmp_path / "Train"
+    for artist in ("Claude_Monet", "Rembrandt", "Vincent_van_Gogh"):
+        (train / artist).mkdir(parents=True)
+        for image in sorted((demo_data / "Train" / artist).glob("*.jpg"))[:12]:
+            (train / artist / image.name).write_bytes(image.read_bytes())
+    output = tmp_path / "best.safetensors"
+    command = ["train", str(train), "-o", str(output), "--preset", "best", "--image-size", "256", "--json"]
+    result = CliRunner().invoke(app, [*command, "--calibration-folds", "3", "--cache-dir", str(cache_dir)])
+    assert result.exit_code == 0, result.output
+    settings = read_metadata(output)["training"]["settings"]
+    assert settings["image_size"] == 256 and settings["calibration_folds"] == 3  # typed: overrides
+    assert settings["solver"] == "lbfgs" and settings["pooling"] == "meanstd"  # not typed: from the preset
+    model = Model.load(output)
+    assert model.preprocess.size == 256
+    assert model.head.n_features_in_ > 1280  # pooled features plus the style statistics of every block
+    assert model.info["calibration"]["method"].startswith("3-fold")
+    painting = next((demo_data / "Test" / "Rembrandt").glob("*.jpg"))
+    assert model.predict_proba(painting).shape == (1, 3)
+    assert json.loads(result.output)["history"][0]["iterations"] >= 1
