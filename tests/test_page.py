@@ -86,3 +86,12 @@ def test_page_shows_why_a_file_was_refused(browser, onnx_server: Server, tmp_pat
     assert error.inner_text() == "notes.jpg: not an image Pillow can read"
     assert page.locator("#answer").is_hidden()
     page.close()
+
+
+def test_api_docs_render_offline(browser, onnx_server: Server) -> None:
+    # Swagger UI is served from the installed package, not a CDN: this machine has no internet.
+    page = browser.new_page()
+    page.goto(onnx_server.url + "/docs")
+    page.get_by_text("/v1/predict").first.wait_for(timeout=30_000)
+    assert "cdn." not in page.content()
+    page.close()

@@ -83,7 +83,8 @@ def test_health_model_info_and_docs(torch_server: Server, demo_model) -> None:
     assert info["training"] == demo_model.info["training"]
 
     docs = httpx.get(f"{torch_server.url}/docs")
-    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    assert docs.status_code == 200 and "swagger" in docs.text.lower() and "cdn" not in docs.text
+    assert httpx.get(f"{torch_server.url}/docs-assets/swagger-ui-bundle.js").status_code == 200
     schema = httpx.get(f"{torch_server.url}/openapi.json").json()
     assert "/v1/predict" in schema["paths"]
     assert {"413", "415", "422"} <= set(schema["paths"]["/v1/predict"]["post"]["responses"])

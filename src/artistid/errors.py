@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["ArtistIdError", "ExportError", "ImageError", "ModelFileError", "SourceError", "WeightsError"]
+__all__ = [
+    "ArtistIdError",
+    "ExportError",
+    "ImageError",
+    "ModelFileError",
+    "NotAnImageError",
+    "SourceError",
+    "WeightsError",
+]
 
 
 class ArtistIdError(Exception):
@@ -20,6 +28,10 @@ class ImageError(ArtistIdError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class NotAnImageError(ImageError):
+    """A file whose format no image decoder recognises: a wrong media type rather than damaged image data."""
 
 
 class WeightsError(ArtistIdError):

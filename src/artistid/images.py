@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from artistid.errors import ImageError
+from artistid.errors import ImageError, NotAnImageError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -81,9 +81,10 @@ def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        reason = "not an image Pillow can read" if isinstance(exc, UnidentifiedImageError) else str(exc)
-        raise ImageError(name, reason) from None
+    except UnidentifiedImageError:
+        raise NotAnImageError(name, "not an image Pillow can read") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImageError(name, str(exc)) from None
     except (OSError, ValueError, SyntaxError) as exc:
         raise ImageError(name, f"cannot open image: {_explain(exc)}") from None
     width, height = image.size

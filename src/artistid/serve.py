@@ -25,14 +25,16 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from swagger_ui_bundle import swagger_ui_path
 
 from artistid.batching import MicroBatcher
-from artistid.errors import ArtistIdError, ImageError, ModelFileError
+from artistid.errors import ArtistIdError, ImageError, ModelFileError, NotAnImageError
 from artistid.images import Preprocess, load_image
 from artistid.onnx_model import OnnxModel, file_sha256
 
@@ -199,10 +201,9 @@ class ErrorDetail(BaseModel):
 
 # --- bad input -------------------------------------------------------------------------------------------------
 def _status_for(exc: ArtistIdError) -> int:
-    if isinstance(exc, ImageError):
-        # Pillow could not even identify the format: the media type is wrong, not the image's data.
-        return 415 if exc.reason.startswith("not an image") else 422
-    return 400
+    if isinstance(exc, NotAnImageError):  # the media type is wrong, not the image's data
+        return 415
+    return 422 if isinstance(exc, ImageError) else 400
 
 
 class UploadLimit:
@@ -284,9 +285,21 @@ def create_app(
         summary="Names the artist of a painting.",
         version=_version(),
         lifespan=lifespan,
+        docs_url=None,  # served below from the installed Swagger UI: the default page loads it from a CDN
     )
     app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 1e6))
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="artistid - API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
 
     @app.exception_handler(ArtistIdError)
     async def artistid_error(request: Request, exc: ArtistIdError) -> JSONResponse:
