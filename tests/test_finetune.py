@@ -15,7 +15,7 @@ from artistid.finetune import CHECKPOINT_NAME, FinetuneSettings, finetune, train
 from artistid.model import Model
 
 # Small enough for two cores: 64-pixel crops, a few paintings per artist, the last block only.
-TINY = FinetuneSettings(unfreeze="last-1", epochs=2, batch_size=8, image_size=64, precision="fp32")
+TINY = FinetuneSettings(unfreeze="last-1", epochs=2, batch_size=8, image_size=64, precision="fp32", val_fraction=0.34)
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,10 @@ def test_finetune_checkpoints_resumes_and_makes_a_model(
     model.save(tmp_path / "tuned.safetensors")
     loaded = Model.load(tmp_path / "tuned.safetensors")
     assert loaded.preprocess.size == 64
+    # Calibrated on the six paintings held out of training (two per artist).
+    assert model.info["calibration"]["n"] == 6 and model.info["training"]["n_train"] == 12
+    assert loaded.head.temperature_ == pytest.approx(model.info["calibration"]["temperature"])
+    assert loaded.threshold == pytest.approx(model.info["calibration"]["threshold"])
     probabilities = loaded.predict_proba(few_paintings[0].path)
     assert probabilities.shape == (1, 3)
     assert torch.allclose(torch.from_numpy(probabilities), torch.from_numpy(model.predict_proba(few_paintings[0].path)))

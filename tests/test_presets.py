@@ -78,7 +78,8 @@ def test_best_preset_trains_from_the_command_line(demo_data: Path, tmp_path: Pat
             (train / artist / image.name).write_bytes(image.read_bytes())
     output = tmp_path / "best.safetensors"
     command = ["train", str(train), "-o", str(output), "--preset", "best", "--image-size", "256", "--json"]
-    result = CliRunner().invoke(app, [*command, "--calibration-folds", "3", "--cache-dir", str(cache_dir)])
+    typed = ["--calibration-folds", "3", "--false-rejection", "0.1", "--cache-dir", str(cache_dir)]
+    result = CliRunner().invoke(app, [*command, *typed])
     assert result.exit_code == 0, result.output
     settings = read_metadata(output)["training"]["settings"]
     assert settings["image_size"] == 256 and settings["calibration_folds"] == 3  # typed: overrides
@@ -87,6 +88,20 @@ def test_best_preset_trains_from_the_command_line(demo_data: Path, tmp_path: Pat
     assert model.preprocess.size == 256
     assert model.head.n_features_in_ > 1280  # pooled features plus the style statistics of every block
     assert model.info["calibration"]["method"].startswith("3-fold")
+    assert model.info["calibration"]["target_false_rejection"] == 0.1
     painting = next((demo_data / "Test" / "Rembrandt").glob("*.jpg"))
     assert model.predict_proba(painting).shape == (1, 3)
     assert json.loads(result.output)["history"][0]["iterations"] >= 1
+
+    # The same features made by `featurize` (e.g. on Spark) train the same recipe.
+    nodes = [f"--feature-node={node}" for node in PRESETS["best"].feature_nodes or ()]
+    features = tmp_path / "features.parquet"
+    made = CliRunner().invoke(
+        app, ["featurize", str(train), "-o", str(features), *nodes, "--pooling", "meanstd", "--image-size", "256",
+              "--cache-dir", str(cache_dir), "--json"],
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    again = CliRunner().invoke(app, ["train", str(features), "-o", str(tmp_path / "again.safetensors"), "--preset",
+                                     "best", "--image-size", "256", "--json"])  # fmt: skip
+    assert again.exit_code == 0, again.output
+    assert Model.load(tmp_path / "again.safetensors").head.n_features_in_ == model.head.n_features_in_

@@ -14,7 +14,7 @@ import importlib
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -358,9 +358,16 @@ def create_backbone(
     feature_nodes: tuple[str, ...] | None = None,
     pooling: Pooling = "avg",
     pretrained: bool = True,
+    input_size: int | None = None,
 ) -> Backbone:
-    """The one factory: builds the network, loads its pretrained weights strictly, and cuts it."""
+    """The one factory: builds the network, loads its pretrained weights strictly, and cuts it.
+
+    `input_size` feeds images larger (or smaller) than the spec's: the networks are fully convolutional, and a
+    larger input keeps the brushwork of large scans.
+    """
     spec = get_spec(name)
+    if input_size is not None and input_size != spec.input_size:
+        spec = replace(spec, input_size=input_size)
     network = build_network(spec)
     sha = load_pretrained(network, spec, weights) if pretrained else ""
     return Backbone(spec, network, feature_nodes, pooling, sha)

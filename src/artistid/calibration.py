@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "DEFAULT_FALSE_REJECTION",
     "Calibration",
     "calibrate",
+    "choose_threshold",
     "coverage_curve",
     "coverage_png",
     "expected_calibration_error",

@@ -162,6 +162,9 @@ def featurize(
     feature_node: FeatureNode = None,
     pooling: Pooling = "avg",
     precision: Precision = "auto",
+    image_size: Annotated[
+        int | None, typer.Option(help="Backbone input side in pixels (default: the backbone's own).")
+    ] = None,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
     workers: Workers = None,
@@ -186,8 +189,12 @@ def featurize(
     options = _options(storage_option)
     dataset = load_dataset(data, options)
     network = create_backbone(
-        backbone, weights=weights, feature_nodes=tuple(feature_node) if feature_node else None, pooling=pooling
-    )  # type: ignore[arg-type]
+        backbone,
+        weights=weights,
+        feature_nodes=tuple(feature_node) if feature_node else None,
+        pooling=pooling,  # type: ignore[arg-type]
+        input_size=image_size,
+    )
     extractor = FeatureExtractor(network, precision=precision)  # type: ignore[arg-type]
     if spark is not None:
         with spark.session(master) as session:
@@ -237,7 +244,19 @@ def _epoch_line(record: dict[str, float], epochs: int) -> str:
 
 
 def _summary_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    keep = ("accuracy", "top2_accuracy", "n", "per_class", "confusion_matrix", "unknown")
+    keep = (
+        "accuracy",
+        "top2_accuracy",
+        "n",
+        "per_class",
+        "confusion_matrix",
+        "unknown",
+        "ece",
+        "threshold",
+        "false_rejection_rate",
+        "unknown_rejection_rate",
+        "accuracy_answered",
+    )
     return {k: metrics[k] for k in keep if k in metrics}
 
 
@@ -279,6 +298,9 @@ def train(
     calibration_folds: Annotated[
         int, typer.Option(help="Folds of Train for the temperature and rejection threshold (0: none).")
     ] = 5,
+    false_rejection: Annotated[
+        float, typer.Option(help="Share of known-artist paintings the 'unknown' threshold may reject (validation).")
+    ] = 0.02,
     ctx: typer.Context = None,  # type: ignore[assignment]
     min_accuracy: Annotated[float | None, typer.Option(help="Exit with status 3 if test accuracy is below.")] = None,
     force: Annotated[
@@ -321,6 +343,7 @@ def train(
         "solver": solver,
         "standardize": standardize,
         "calibration_folds": calibration_folds,
+        "false_rejection": false_rejection,
     }
     # The preset gives the recipe; options typed on the command line change it. (Typer ships its own click, so
     # the parameter source is compared by name.)
@@ -569,6 +592,9 @@ def finetune(
         Path | None, typer.Option("--checkpoint-dir", help="Write a checkpoint here after every epoch.")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the checkpoint in --checkpoint-dir.")] = False,
+    val_fraction: Annotated[
+        float, typer.Option(help="Hold out this share of Train to fit the temperature and 'unknown' threshold.")
+    ] = 0.1,
     workers: Workers = None,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
@@ -596,6 +622,7 @@ def finetune(
         image_size=image_size,
         precision=precision,
         seed=seed,
+        val_fraction=val_fraction,
     )
     result = run_finetune(dataset.train, settings, checkpoint_dir=checkpoint_dir, resume=resume, workers=workers)
     model = result.model

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from artistid import storage
-from artistid.calibration import coverage_curve, coverage_png, expected_calibration_error
+from artistid.calibration import coverage_curve, coverage_png, expected_calibration_error, rejection_rates
 from artistid.datasets import Sample
 from artistid.features import FeatureCache
 from artistid.model import Model
@@ -67,11 +67,8 @@ def _rejection_metrics(
         "coverage_curve": curve,
     }
     if threshold is not None:
+        result.update(rejection_rates(known_confidence, unknown_confidence, threshold))
         accepted = known_confidence >= threshold
-        result["false_rejection_rate"] = float(np.mean(~accepted)) if len(accepted) else None
-        result["unknown_rejection_rate"] = (
-            float(np.mean(unknown_confidence < threshold)) if len(unknown_confidence) else None
-        )
         result["accuracy_answered"] = float(np.mean(correct[accepted])) if accepted.any() else None
     return result
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from artistid import storage
 from artistid.backbones import Backbone, create_backbone
+from artistid.calibration import DEFAULT_FALSE_REJECTION, calibrate
 from artistid.datasets import Sample
 from artistid.errors import ArtistIdError, ImageError
 from artistid.head import ArtistHead
@@ -59,6 +60,9 @@ class FinetuneSettings:
     crop_scale: tuple[float, float] = (0.25, 1.0)  # share of the painting each random crop covers
     precision: str = "auto"  # auto (bf16 where native, or on CUDA), fp32 or bf16
     seed: int = 123
+    # Held out of training for the temperature and the rejection threshold (0: no calibration).
+    val_fraction: float = 0.1
+    false_rejection: float = DEFAULT_FALSE_REJECTION
 
     def check(self) -> None:
         if self.unfreeze != "all" and re.fullmatch(r"last-[1-9]\d*", self.unfreeze) is None:
@@ -67,6 +71,8 @@ class FinetuneSettings:
             raise ArtistIdError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ArtistIdError("--epochs, --batch-size and --lr must be positive")
+        if not 0 <= self.val_fraction < 1:
+            raise ArtistIdError(f"--val-fraction must be in [0, 1); got {self.val_fraction}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ArtistIdError(f"--precision must be auto, fp32 or bf16; got {self.precision!r}")
 
@@ -152,6 +158,20 @@ def _collate(items: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarra
     return np.stack([p for p, _ in usable]), np.array([label for _, label in usable])
 
 
+def _split(samples: list[Sample], fraction: float, seed: int, classes: int) -> tuple[list[Sample], list[Sample]]:
+    """Training and held-out samples, stratified by artist; no hold-out when too few images to spare one each."""
+    from sklearn.model_selection import train_test_split
+
+    held = max(classes, round(fraction * len(samples))) if fraction > 0 else 0
+    if held == 0 or len(samples) - held < classes:
+        return samples, []
+    labels = [str(s.label) for s in samples]
+    if min(labels.count(c) for c in set(labels)) < 2:
+        return samples, []
+    kept, spared = train_test_split(samples, test_size=held, random_state=seed, stratify=labels)
+    return list(kept), list(spared)
+
+
 # --- the loop --------------------------------------------------------------------------------------------------
 
 
@@ -206,16 +226,13 @@ def finetune(
     settings.check()
     labelled = [s for s in samples if s.label is not None]
     classes = sorted({str(s.label) for s in labelled})
+    labelled, held_out = _split(labelled, settings.val_fraction, settings.seed, len(classes))
     if len(classes) < 2:
         raise ArtistIdError(f"fine-tuning needs images of at least two artists; found {len(classes)}")
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
-    backbone = create_backbone(settings.backbone, weights=settings.weights)
+    backbone = create_backbone(settings.backbone, weights=settings.weights, input_size=settings.image_size)
     network = backbone.network
-    if settings.image_size is not None:
-        from dataclasses import replace
-
-        backbone.spec = replace(backbone.spec, input_size=settings.image_size)
     extractor = FeatureExtractor(backbone, precision=settings.precision)  # type: ignore[arg-type]
     device, bf16 = extractor.device, extractor.precision == "bf16"
     learning = trainable_parameters(network, settings.unfreeze)
@@ -310,6 +327,18 @@ def finetune(
     artist_head.coef_ = head.weight.detach().float().cpu().numpy()
     artist_head.intercept_ = head.bias.detach().float().cpu().numpy()
     artist_head.n_features_in_ = dimension
-    info = {"training": {"finetune": settings.to_dict(), "history": history, "n_train": len(labelled)}}
+    info: dict[str, Any] = {"training": {"finetune": settings.to_dict(), "history": history, "n_train": len(labelled)}}
     model = Model(tuned, artist_head, precision=extractor.precision, info=info)
+    if held_out:
+        # Scored by the finished model exactly as prediction will score them, fed nothing it trained on.
+        features = model.features_for(held_out, workers=workers, progress=False)
+        targets = np.searchsorted(np.asarray(classes), np.asarray(features.labels, dtype=str))
+        found = calibrate(
+            artist_head._scores(features.features),
+            targets,
+            false_rejection=settings.false_rejection,
+            method=f"{len(features)} held-out training images",
+        )
+        artist_head.temperature_ = found.temperature
+        model.info["calibration"] = found.to_dict()
     return FinetuneResult(model, history, resumed_from=first_epoch, seconds=time.perf_counter() - started)

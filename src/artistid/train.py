@@ -211,13 +211,13 @@ def calibrate_head(head: ArtistHead, features: FeatureSet, settings: TrainSettin
 
 
 def _backbone(settings: TrainSettings) -> Backbone:
-    backbone = create_backbone(
-        settings.backbone, weights=settings.weights, feature_nodes=settings.feature_nodes, pooling=settings.pooling
+    return create_backbone(
+        settings.backbone,
+        weights=settings.weights,
+        feature_nodes=settings.feature_nodes,
+        pooling=settings.pooling,
+        input_size=settings.image_size,
     )
-    if settings.image_size is not None and settings.image_size != backbone.spec.input_size:
-        # The network is fully convolutional: a larger input keeps brushstroke detail of large scans.
-        backbone.spec = replace(backbone.spec, input_size=settings.image_size)
-    return backbone
 
 
 def _result(
