@@ -45,10 +45,13 @@ def handle_errors(command: F) -> F:
 # --- shared options --------------------------------------------------------------------------------------------
 CacheDir = Annotated[
     Path | None,
-    typer.Option("--cache-dir", help="Feature cache folder [default: $ARTISTID_CACHE or the user cache folder]."),
+    typer.Option("--cache-dir", help="Feature cache folder (default: $ARTISTID_CACHE or the user cache folder)."),
 ]
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the feature cache.")]
-Workers = Annotated[int | None, typer.Option("--workers", help="Decoding processes [default: 2 for large jobs].")]
+Workers = Annotated[
+    int | None,
+    typer.Option("--workers", help="Decoding processes (default: one per two cores, for more than 32 images)."),
+]
 StorageOption = Annotated[
     list[str] | None,
     typer.Option("--storage-option", help="key=value passed to the storage backend (repeatable)."),
@@ -61,7 +64,7 @@ Weights = Annotated[
 ]
 FeatureNode = Annotated[
     list[str] | None,
-    typer.Option("--feature-node", help="Layer to cut at (repeatable) [default: the pooled penultimate layer]."),
+    typer.Option("--feature-node", help="Layer to cut at (repeatable; default: the pooled penultimate layer)."),
 ]
 Pooling = Annotated[str, typer.Option("--pooling", help="avg, or meanstd: channel means and stds (style).")]
 Precision = Annotated[str, typer.Option("--precision", help="auto, fp32 or bf16 (auto: bf16 where native).")]
@@ -650,7 +653,7 @@ def explain(
     image: Annotated[str, typer.Argument(metavar="IMAGE", help="Image file.")],
     output: Annotated[str, typer.Option("--output", "-o", help="PNG file to write (a storage URI works too).")],
     artist: Annotated[
-        str | None, typer.Option("--artist", help="Explain this artist's score [default: the top artist].")
+        str | None, typer.Option("--artist", help="Explain this artist's score (default: the top artist).")
     ] = None,
     as_json: Json = False,
 ) -> None:
@@ -764,7 +767,7 @@ def serve(
     ] = 20.0,
     runtime: Annotated[
         str | None,
-        typer.Option("--runtime", help="torch or onnx [default: onnx for an .onnx file, else torch]."),
+        typer.Option("--runtime", help="torch or onnx (default: onnx for an .onnx file, else torch)."),
     ] = None,
     max_batch: Annotated[int, typer.Option("--max-batch", help="Most images per model call (micro-batching).")] = 4,
     log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
@@ -808,7 +811,7 @@ def export(
     onnx: Annotated[Path, typer.Option("--onnx", help="ONNX file to write.")],
     check_images: Annotated[
         list[str] | None,
-        typer.Option("--check-images", help="Images or folders for the parity check [default: the demo set]."),
+        typer.Option("--check-images", help="Images or folders for the parity check (default: the demo set)."),
     ] = None,
     tolerance: Annotated[float, typer.Option("--tolerance", help="Largest probability difference allowed.")] = 1e-4,
     as_json: Json = False,

@@ -25,7 +25,7 @@ from artistid.datasets import Sample
 from artistid.features import FeatureCache
 from artistid.model import Model
 
-__all__ = ["Evaluation", "evaluate", "format_report", "write_report"]
+__all__ = ["Evaluation", "evaluate", "format_report", "score_predictions", "write_report"]
 
 
 @dataclass
@@ -127,12 +127,24 @@ def evaluate(
     features = model.features_for(
         samples, cache=cache, workers=workers, storage_options=storage_options, progress=progress
     )
-    truths = [label if label in classes else None for label in features.labels]
     probabilities = (
         model.head.predict_proba(features.features) if len(features) else np.zeros((0, len(classes)), np.float32)
     )
-    metrics = _metrics(classes, truths, probabilities, features.errors, model.threshold)
-    return Evaluation(classes, features.paths, truths, probabilities, metrics, model.threshold)
+    return score_predictions(model, features.paths, features.labels, probabilities, features.errors)
+
+
+def score_predictions(
+    model: Model,
+    paths: list[str],
+    labels: list[str | None],
+    probabilities: np.ndarray,
+    skipped: list[tuple[str, str]],
+) -> Evaluation:
+    """The evaluation of probabilities computed anywhere (here, or on Spark's executors) against the true labels."""
+    classes = [str(c) for c in model.classes_]
+    truths = [label if label in classes else None for label in labels]
+    metrics = _metrics(classes, truths, probabilities, skipped, model.threshold)
+    return Evaluation(classes, paths, truths, probabilities, metrics, model.threshold)
 
 
 def format_report(evaluation: Evaluation) -> str:

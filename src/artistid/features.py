@@ -31,7 +31,15 @@ if TYPE_CHECKING:
 
     from artistid.backbones import Backbone
 
-__all__ = ["FeatureCache", "FeatureExtractor", "FeatureSet", "default_cache_dir", "featurize"]
+__all__ = [
+    "Decoded",
+    "FeatureCache",
+    "FeatureExtractor",
+    "FeatureSet",
+    "default_cache_dir",
+    "featurize",
+    "read_and_decode",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +270,7 @@ def _sidecar_identity(path: str | Path) -> str:
 # --- the pipeline ----------------------------------------------------------------------------------------------
 
 
-class _Decoded:
+class Decoded:
     """What a worker sends back for one image: its content hash and pixels, or the reason it failed."""
 
     __slots__ = ("error", "index", "pixels", "sha", "stat")
@@ -278,7 +286,8 @@ class _Decoded:
         self.index, self.sha, self.pixels, self.error, self.stat = index, sha, pixels, error, stat
 
 
-def _read_and_decode(index: int, path: str, preprocess: Preprocess, storage_options: dict[str, Any] | None) -> _Decoded:
+def read_and_decode(index: int, path: str, preprocess: Preprocess, storage_options: dict[str, Any] | None) -> Decoded:
+    """Reads, hashes and decodes one image; every engine's workers call this, so all decode alike."""
     try:
         stat = None
         if storage.is_local(path):
@@ -286,15 +295,15 @@ def _read_and_decode(index: int, path: str, preprocess: Preprocess, storage_opti
             stat = (st.st_size, st.st_mtime_ns)
         data = storage.read_bytes(path, storage_options)
     except FileNotFoundError:
-        return _Decoded(index, error=f"{path}: file not found")
+        return Decoded(index, error=f"{path}: file not found")
     except Exception as exc:
-        return _Decoded(index, error=f"{path}: cannot read file ({exc})")
+        return Decoded(index, error=f"{path}: cannot read file ({exc})")
     sha = hashlib.sha256(data).hexdigest()
     try:
         pixels = load_image(data, preprocess, name=path, max_pixels=MAX_PIXELS)
     except ImageError as exc:
-        return _Decoded(index, sha, error=str(exc), stat=stat)
-    return _Decoded(index, sha, pixels, stat=stat)
+        return Decoded(index, sha, error=str(exc), stat=stat)
+    return Decoded(index, sha, pixels, stat=stat)
 
 
 class _DecodeDataset:
@@ -306,9 +315,9 @@ class _DecodeDataset:
     def __len__(self) -> int:
         return len(self.jobs)
 
-    def __getitem__(self, position: int) -> _Decoded:
+    def __getitem__(self, position: int) -> Decoded:
         index, path = self.jobs[position]
-        return _read_and_decode(index, path, self.preprocess, self.storage_options)
+        return read_and_decode(index, path, self.preprocess, self.storage_options)
 
 
 def _decoded_batches(
@@ -317,7 +326,7 @@ def _decoded_batches(
     workers: int,
     batch_size: int,
     storage_options: dict[str, Any] | None,
-) -> Iterator[list[_Decoded]]:
+) -> Iterator[list[Decoded]]:
     from torch.utils.data import DataLoader
 
     loader = DataLoader(

@@ -16,6 +16,7 @@ This is the only module that imports pyspark (`pip install artistid[spark]`).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import json
@@ -49,8 +50,8 @@ from artistid import storage
 from artistid.backbones import Backbone, BackboneSpec, build_network
 from artistid.datasets import Sample
 from artistid.errors import ArtistIdError
-from artistid.evaluate import Evaluation, _metrics
-from artistid.features import FeatureExtractor, _read_and_decode
+from artistid.evaluate import Evaluation, score_predictions
+from artistid.features import FeatureExtractor, read_and_decode
 from artistid.model import Model
 
 __all__ = [
@@ -98,17 +99,17 @@ def spark_session(
 def session(master: str | None = None) -> Iterator[SparkSession]:
     """A session for one command: quiet, and stopped at the end only if this call started it."""
     existing = SparkSession.getActiveSession()
-    spark = spark_session(master)
-    if existing is None:
-        spark.sparkContext.setLogLevel("ERROR")
-    try:
-        with warnings.catch_warnings():
-            # PySpark 4 warns about pandas 3 on every Arrow job, though this engine hands it Arrow, not pandas.
-            warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
-            yield spark
-    finally:
+    with warnings.catch_warnings():
+        # PySpark 4 warns about pandas 3 on every Arrow job, though this engine hands it Arrow, not pandas.
+        warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
+        spark = spark_session(master)
         if existing is None:
-            spark.stop()
+            spark.sparkContext.setLogLevel("ERROR")
+        try:
+            yield spark
+        finally:
+            if existing is None:
+                spark.stop()
 
 
 # --- what travels with the job -----------------------------------------------------------------------------------
@@ -129,9 +130,11 @@ class _Job:
     storage_options: dict[str, Any] | None = None
 
 
+@functools.cache
 def _staging_dir() -> Path:
-    directory = Path(tempfile.gettempdir()) / f"artistid-spark-{os.getuid()}"
-    directory.mkdir(parents=True, exist_ok=True)
+    """Where the driver keeps the files it ships, for as long as this process lives (executors may fetch late)."""
+    directory = Path(tempfile.mkdtemp(prefix="artistid-spark-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
     return directory
 
 
@@ -218,7 +221,7 @@ def _decode(index: int, path: str | None, job: _Job, extractor: FeatureExtractor
     if not path:
         return None, "no image path in this row"
     try:
-        decoded = _read_and_decode(index, path, extractor.preprocess, job.storage_options)
+        decoded = read_and_decode(index, path, extractor.preprocess, job.storage_options)
     except Exception as exc:
         return None, f"{path}: cannot decode image ({storage.describe_error(exc)})"
     return decoded.pixels, decoded.error
@@ -457,13 +460,10 @@ def evaluate(
     model, job = _model_job(spark, model_uri, storage_options, batch_size=batch_size)
     scored = _score(samples_frame(spark, samples, partitions), job)
     rows = scored.select("path", "label", job.probability_col, job.error_col).collect()
-    classes = [str(c) for c in model.classes_]
     ok = [r for r in rows if r[job.error_col] is None]
     skipped = [(r["path"], r[job.error_col]) for r in rows if r[job.error_col] is not None]
-    truths = [r["label"] if r["label"] in classes else None for r in ok]
-    probabilities = np.asarray([r[job.probability_col] for r in ok], dtype=np.float64).reshape(len(ok), len(classes))
-    metrics = _metrics(classes, truths, probabilities, skipped, model.threshold)
-    return Evaluation(classes, [r["path"] for r in ok], truths, probabilities, metrics, model.threshold)
+    probabilities = np.asarray([r[job.probability_col] for r in ok], dtype=np.float64).reshape(len(ok), -1)
+    return score_predictions(model, [r["path"] for r in ok], [r["label"] for r in ok], probabilities, skipped)
 
 
 # --- Spark ML wrappers ------------------------------------------------------------------------------------------
