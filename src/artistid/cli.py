@@ -50,7 +50,10 @@ CacheDir = Annotated[
 NoCache = Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the feature cache.")]
 Workers = Annotated[
     int | None,
-    typer.Option("--workers", help="Decoding processes (default: one per two cores, for more than 32 images)."),
+    typer.Option(
+        "--workers",
+        help="Decoding processes (default: one per two cores, one per core for large scans, none for 32 images or fewer).",
+    ),
 ]
 StorageOption = Annotated[
     list[str] | None,
