@@ -27,5 +27,13 @@ def test_notebook_runs_on_the_demo_set(tmp_path: Path, monkeypatch) -> None:
         for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs
     )  # fmt: skip
     assert "fetched" in outputs and "accuracy" in outputs and "ONNX Runtime vs PyTorch" in outputs
+    assert "IProgress not found" not in outputs  # progress bars render as notebook widgets
+    widgets = [
+        o
+        for cell in notebook.cells
+        for o in cell.get("outputs", [])
+        if "application/vnd.jupyter.widget-view+json" in o.get("data", {})
+    ]
+    assert widgets, "no progress bar was shown"
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) >= 2  # the confusion matrix and the paintings with their predicted artists
