@@ -52,7 +52,7 @@ Workers = Annotated[
     int | None,
     typer.Option(
         "--workers",
-        help="Decoding processes (default: one per two cores, one per core for large scans, none for 32 images or fewer).",
+        help="Decoding processes (default: one per two cores, one per core for large scans).",
     ),
 ]
 StorageOption = Annotated[
