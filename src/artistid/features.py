@@ -93,7 +93,7 @@ class FeatureExtractor:
         """Normalized NCHW float batch from uint8 NHWC pixels."""
         import torch
 
-        batch = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device)
+        batch = torch.from_numpy(np.require(pixels, requirements=["C", "W"])).to(self.device)
         batch = batch.permute(0, 3, 1, 2).float()
         return ((batch - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
 
