@@ -95,3 +95,24 @@ def test_api_docs_render_offline(browser, onnx_server: Server) -> None:
     page.get_by_text("/v1/predict").first.wait_for(timeout=30_000)
     assert "cdn." not in page.content()
     page.close()
+
+
+def test_page_shows_where_the_model_looked(browser, torch_server: Server, demo_data: Path, tmp_path: Path) -> None:
+    painting = sorted((demo_data / "Test" / "Claude_Monet").iterdir())[0]
+    page = browser.new_page(viewport={"width": 1100, "height": 760})
+    page.goto(torch_server.url + "/")
+    page.wait_for_function("document.getElementById('classes').textContent.includes('Monet')")
+    page.set_input_files("#file", str(painting))
+    button = page.locator("#explain")
+    button.wait_for(state="visible", timeout=30_000)
+    button.click()
+    page.wait_for_function("document.getElementById('preview').dataset.view === 'heat'", timeout=60_000)
+    page.wait_for_function(
+        "document.getElementById('preview').complete && document.getElementById('preview').naturalWidth > 0"
+    )
+    assert button.inner_text() == "Show the painting"
+    page.screenshot(path=str(tmp_path / "heat.png"))
+    button.click()
+    assert page.locator("#preview").get_attribute("data-view") == "painting"
+    assert button.inner_text() == "Where did it look?"
+    page.close()

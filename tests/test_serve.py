@@ -266,3 +266,28 @@ def test_concurrent_requests_are_batched_and_answered_alike(onnx_server: Server,
     assert requests == 32
     assert batches < requests  # some model calls served several requests at once
     assert after["largest_batch"] >= 2
+
+
+def test_explain_returns_the_heat_map_over_the_painting(torch_server: Server, demo_data: Path) -> None:
+    import io
+
+    from PIL import Image
+
+    painting = paintings(demo_data)[0]
+    response = httpx.post(f"{torch_server.url}/v1/explain", files={"file": (painting.name, painting.read_bytes())})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(response.content)) as heat, Image.open(painting) as original:
+        assert heat.width / heat.height == pytest.approx(original.width / original.height, rel=0.05)
+
+    bad = httpx.post(f"{torch_server.url}/v1/explain", files={"file": ("notes.jpg", b"not a painting")})
+    assert bad.status_code == 415 and "notes.jpg" in bad.json()["detail"]
+    unknown = httpx.post(
+        f"{torch_server.url}/v1/explain?artist=Picasso", files={"file": (painting.name, painting.read_bytes())}
+    )
+    assert unknown.status_code == 400 and "unknown artist" in unknown.json()["detail"]
+
+
+def test_explain_needs_the_torch_runtime(onnx_server: Server, demo_data: Path) -> None:
+    painting = paintings(demo_data)[0]
+    response = httpx.post(f"{onnx_server.url}/v1/explain", files={"file": (painting.name, painting.read_bytes())})
+    assert response.status_code == 501 and "torch runtime" in response.json()["detail"]

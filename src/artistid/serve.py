@@ -1,6 +1,7 @@
 """`artistid serve MODEL`: a web service and a page that name the artist of a painting.
 
     POST /v1/predict   multipart `files` (one or more images) -> artist, probability and top-k per image
+    POST /v1/explain   one image (multipart `file`) -> PNG: where the model looked (Grad-CAM; torch runtime)
     GET  /v1/model     classes, backbone, preprocessing, threshold, training metrics
     GET  /healthz      liveness, and how requests were batched
     GET  /             the page: drop a painting, see the artist and the probabilities
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -86,6 +88,8 @@ class ServedModel:
     label_for: Callable[[np.ndarray], str]
     preprocess: Preprocess
     info: ModelInfo
+    # (image bytes, name, artist or None) -> PNG of the Grad-CAM heat map; needs gradients, so PyTorch only.
+    explain: Callable[[bytes, str, str | None], bytes] | None = None
 
 
 def runtime_for(path: str | Path, runtime: str | None = None) -> Runtime:
@@ -145,10 +149,21 @@ def _load_torch(path: Path) -> ServedModel:
         training=meta.get("training", {}),
     )
 
-    def predict(pixels: np.ndarray) -> np.ndarray:
-        return model.head.predict_proba(model.extractor(pixels))
+    # Grad-CAM hooks the network that the batcher thread runs: the two must not use it at the same time.
+    network_lock = threading.Lock()
 
-    return ServedModel(predict, model.label_for, model.preprocess, info)
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        with network_lock:
+            return model.head.predict_proba(model.extractor(pixels))
+
+    def explain(data: bytes, name: str, artist: str | None) -> bytes:
+        from artistid.explain import grad_cam
+
+        load_image(data, model.preprocess, name=name)  # refuses a bad upload with its name, as /v1/predict does
+        with network_lock:
+            return grad_cam(model, data, artist).png()
+
+    return ServedModel(predict, model.label_for, model.preprocess, info, explain)
 
 
 def check_model_file(path: str | Path, runtime: str | None = None) -> None:
@@ -343,6 +358,25 @@ def create_app(
                 )
             )
         return PredictResponse(model=model.info.model, predictions=predictions)
+
+    @app.post(
+        "/v1/explain",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}, "description": "The painting with its heat map."},
+                   501: {"model": ErrorDetail, "description": "The ONNX runtime cannot explain."}, **bad_input},
+    )  # fmt: skip
+    async def explain(
+        request: Request,
+        file: Annotated[UploadFile, File(description="One image of a painting.")],
+        artist: Annotated[str | None, Query(description="Explain this artist's score (default: the top one).")] = None,
+    ) -> Response:
+        """Where the model looked: a Grad-CAM heat map over the painting, as PNG."""
+        model: ServedModel = request.app.state.model
+        if model.explain is None:
+            raise HTTPException(501, "explanations need gradients: serve the model file on the torch runtime")
+        name = file.filename or "file"
+        png = await run_in_threadpool(model.explain, await file.read(), name, artist)
+        return Response(png, media_type="image/png")
 
     @app.get("/v1/model", response_model=ModelInfo)
     def model_info(request: Request) -> ModelInfo:

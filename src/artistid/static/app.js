@@ -4,12 +4,15 @@
 const $ = (id) => document.getElementById(id);
 const pretty = (name) => name.replaceAll("_", " ");
 let classes = [];
+let canExplain = false;
+let current = null; // the painting on show: its file, and the object URLs of the picture and its heat map
 
 async function loadModel() {
   try {
     const response = await fetch("/v1/model");
     const info = await response.json();
     classes = info.classes;
+    canExplain = info.model.runtime === "torch"; // heat maps need gradients: not on the ONNX runtime
     $("classes").textContent = classes.map(pretty).join(", ");
     const accuracy = info.metrics && info.metrics.accuracy;
     const parts = [
@@ -51,12 +54,49 @@ function showPrediction(prediction) {
     chart.append(row);
   }
   $("answer").hidden = false;
+  const button = $("explain");
+  button.hidden = !canExplain;
+  button.textContent = "Where did it look?";
+  button.disabled = false;
+}
+
+async function toggleExplanation() {
+  const button = $("explain");
+  const preview = $("preview");
+  if (current.heat && preview.src === current.heat) {
+    preview.src = current.picture;
+    preview.dataset.view = "painting";
+    button.textContent = "Where did it look?";
+    return;
+  }
+  if (!current.heat) {
+    button.disabled = true;
+    button.textContent = "Looking…";
+    const form = new FormData();
+    form.append("file", current.file, current.file.name);
+    const response = await fetch("/v1/explain", { method: "POST", body: form });
+    button.disabled = false;
+    if (!response.ok) {
+      const body = await response.json();
+      showError(typeof body.detail === "string" ? body.detail : `the service answered ${response.status}`);
+      return;
+    }
+    current.heat = URL.createObjectURL(await response.blob());
+  }
+  preview.src = current.heat;
+  preview.dataset.view = "heat";
+  button.textContent = "Show the painting";
 }
 
 async function identify(file) {
   const preview = $("preview");
-  if (preview.src) URL.revokeObjectURL(preview.src);
-  preview.src = URL.createObjectURL(file);
+  if (current) {
+    URL.revokeObjectURL(current.picture);
+    if (current.heat) URL.revokeObjectURL(current.heat);
+  }
+  current = { file, picture: URL.createObjectURL(file), heat: null };
+  preview.src = current.picture;
+  preview.dataset.view = "painting";
   preview.hidden = false;
   $("prompt").hidden = true;
   $("again").hidden = false;
@@ -83,6 +123,7 @@ async function identify(file) {
 
 function setup() {
   const drop = $("drop");
+  $("explain").addEventListener("click", toggleExplanation);
   $("file").addEventListener("change", (event) => {
     if (event.target.files.length) identify(event.target.files[0]);
   });
