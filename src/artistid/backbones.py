@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import hashlib
 import importlib
 import logging
 import re
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 from artistid.errors import WeightsError
 from artistid.images import Preprocess
+from artistid.storage import file_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -179,11 +179,7 @@ def _resolve_weights_file(spec: BackboneSpec, weights: str | Path | None) -> Pat
 
 @functools.lru_cache(maxsize=16)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)  # cached by size and mtime: the default weights are hashed once per process
 
 
 def file_fingerprint(path: Path) -> str:

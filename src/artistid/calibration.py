@@ -10,6 +10,7 @@ which the model has never seen, tend to fall below it. `coverage_curve` shows ac
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,6 +33,17 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_FALSE_REJECTION = 0.02  # below the 3% users accept, leaving room for the noise of a small validation set
+
+
+UNKNOWN = "unknown"  # what a model answers below its rejection threshold
+
+
+def name_artist(probabilities: np.ndarray, classes: Sequence[str], threshold: float | None) -> str:
+    """The artist named for one row of probabilities, or UNKNOWN when the top one is below the threshold."""
+    best = int(np.argmax(probabilities))
+    if threshold is not None and float(probabilities[best]) < threshold:
+        return UNKNOWN
+    return str(classes[best])
 
 
 def softmax(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -81,8 +81,11 @@ def _scorer(model: Model) -> nn.Module:
     return Scorer().eval()
 
 
-def grad_cam(model: Model, image: ImageInput, artist: str | None = None) -> Explanation:
-    """The Grad-CAM map of `image` for `artist` (default: the model's top artist); raises ImageError if unusable."""
+def grad_cam(model: Model, image: ImageInput, artist: str | None = None, *, name: str | None = None) -> Explanation:
+    """The Grad-CAM map of `image` for `artist` (default: the model's top artist); raises ImageError if unusable.
+
+    `name` is what an error calls the image when it is given as bytes (an upload's file name, say).
+    """
     import torch
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -90,7 +93,7 @@ def grad_cam(model: Model, image: ImageInput, artist: str | None = None) -> Expl
     classes = [str(c) for c in model.classes_]
     if artist is not None and artist not in classes:
         raise ArtistIdError(f"unknown artist {artist!r}: this model knows {', '.join(classes)}")
-    pixels = np.array(load_image(image, model.preprocess))  # a writable copy, as torch wants
+    pixels = np.array(load_image(image, model.preprocess, name=name))  # a writable copy, as torch wants
     batch = model.extractor.to_input(pixels[None]).float()
     scorer = _scorer(model).to(batch.device)
     with torch.no_grad():
@@ -98,7 +101,7 @@ def grad_cam(model: Model, image: ImageInput, artist: str | None = None) -> Expl
     index = classes.index(artist) if artist is not None else int(np.argmax(probabilities))
     with GradCAM(model=scorer, target_layers=[_last_convolution(model.backbone.network)]) as cam:
         heat = cam(input_tensor=batch, targets=[ClassifierOutputTarget(index)])[0]
-    picture = _display_picture(image)
+    picture = _display_picture(image, name)
     # The network saw a square (the painting stretched); stretch the map back onto the painting's own shape.
     resized = Image.fromarray(np.clip(heat * 255, 0, 255).astype(np.uint8)).resize(
         (picture.shape[1], picture.shape[0]), Image.Resampling.BILINEAR
@@ -106,11 +109,11 @@ def grad_cam(model: Model, image: ImageInput, artist: str | None = None) -> Expl
     return Explanation(np.asarray(resized, np.float32) / 255, classes[index], float(probabilities[index]), picture)
 
 
-def _display_picture(image: ImageInput) -> np.ndarray:
+def _display_picture(image: ImageInput, name: str | None = None) -> np.ndarray:
     if isinstance(image, Image.Image):
         picture = ImageOps.exif_transpose(image).convert("RGB")
     elif isinstance(image, bytes):
-        picture = decode_image(image, "<bytes>", draft_size=DISPLAY_SIZE)
+        picture = decode_image(image, name or "<bytes>", draft_size=DISPLAY_SIZE)
     else:  # already read once by load_image, so it is readable
         picture = decode_image(Path(image).read_bytes(), str(image), draft_size=DISPLAY_SIZE)
     picture = picture.copy()

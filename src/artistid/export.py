@@ -36,8 +36,8 @@ from artistid.onnx_model import (
     ONNX_FORMAT_VERSION,
     OUTPUT_NAME,
     OnnxModel,
-    file_sha256,
 )
+from artistid.storage import file_sha256
 
 if TYPE_CHECKING:
     from torch import nn

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from artistid.backbones import Backbone, BackboneSpec, build_network
+from artistid.calibration import UNKNOWN, name_artist
 from artistid.datasets import Sample
 from artistid.errors import ModelFileError
 from artistid.features import FeatureCache, FeatureExtractor, FeatureSet, featurize
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["UNKNOWN", "ImageInput", "Model"]
 
 ImageInput = str | Path | bytes | Image.Image
-UNKNOWN = "unknown"
 
 
 def library_versions() -> dict[str, str]:
@@ -78,10 +78,7 @@ class Model:
 
     def label_for(self, probabilities: np.ndarray) -> str:
         """The artist named for one row of probabilities, or "unknown" below the rejection threshold."""
-        best = int(np.argmax(probabilities))
-        if self.threshold is not None and float(probabilities[best]) < self.threshold:
-            return UNKNOWN
-        return str(self.classes_[best])
+        return name_artist(probabilities, self.classes_, self.threshold)
 
     # --- predicting ----------------------------------------------------------------------------------------------
     def features(self, images: Sequence[ImageInput]) -> np.ndarray:

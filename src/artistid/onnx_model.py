@@ -10,32 +10,24 @@ This module imports neither torch nor onnx: serving an .onnx file needs only onn
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from artistid.calibration import name_artist
 from artistid.errors import ModelFileError
 from artistid.images import Preprocess
+from artistid.storage import file_sha256
 
-__all__ = ["INPUT_NAME", "METADATA_KEY", "ONNX_FORMAT", "OUTPUT_NAME", "UNKNOWN", "OnnxModel", "file_sha256"]
+__all__ = ["INPUT_NAME", "METADATA_KEY", "ONNX_FORMAT", "OUTPUT_NAME", "OnnxModel"]
 
 ONNX_FORMAT = "artistid-onnx"
 ONNX_FORMAT_VERSION = 1
 METADATA_KEY = "artistid"
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probabilities"
-UNKNOWN = "unknown"  # the label below the rejection threshold, as `artistid.model.UNKNOWN`
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class OnnxModel:
@@ -99,7 +91,4 @@ class OnnxModel:
 
     def label_for(self, probabilities: np.ndarray) -> str:
         """The artist named for one row of probabilities, or "unknown" below the rejection threshold."""
-        best = int(np.argmax(probabilities))
-        if self.threshold is not None and float(probabilities[best]) < self.threshold:
-            return UNKNOWN
-        return str(self.classes_[best])
+        return name_artist(probabilities, self.classes_, self.threshold)

@@ -38,7 +38,8 @@ from swagger_ui_bundle import swagger_ui_path
 from artistid.batching import MicroBatcher
 from artistid.errors import ArtistIdError, ImageError, ModelFileError, NotAnImageError
 from artistid.images import Preprocess, load_image
-from artistid.onnx_model import OnnxModel, file_sha256
+from artistid.onnx_model import OnnxModel
+from artistid.storage import file_sha256
 
 __all__ = [
     "DEFAULT_MAX_UPLOAD_MB",
@@ -159,9 +160,8 @@ def _load_torch(path: Path) -> ServedModel:
     def explain(data: bytes, name: str, artist: str | None) -> bytes:
         from artistid.explain import grad_cam
 
-        load_image(data, model.preprocess, name=name)  # refuses a bad upload with its name, as /v1/predict does
         with network_lock:
-            return grad_cam(model, data, artist).png()
+            return grad_cam(model, data, artist, name=name).png()
 
     return ServedModel(predict, model.label_for, model.preprocess, info, explain)
 

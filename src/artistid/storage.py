@@ -7,6 +7,7 @@ Remote reads and writes are retried on transient failures with exponential backo
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -27,6 +28,7 @@ __all__ = [
     "RetryPolicy",
     "TruncatedDownload",
     "describe_error",
+    "file_sha256",
     "is_local",
     "is_transient",
     "join",
@@ -179,6 +181,15 @@ def parse_storage_options(items: Iterable[str]) -> dict[str, Any]:
         else:
             options[key] = value
     return options
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a local file, read in blocks (weights and model files run to tens of MB)."""
+    digest = hashlib.sha256()
+    with open(local_path(path), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_bytes(
