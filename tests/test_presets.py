@@ -98,7 +98,7 @@ def test_best_preset_trains_from_the_command_line(demo_data: Path, tmp_path: Pat
     features = tmp_path / "features.parquet"
     made = CliRunner().invoke(
         app, ["featurize", str(train), "-o", str(features), *nodes, "--pooling", "meanstd", "--image-size", "256",
-              "--cache-dir", str(cache_dir), "--json"],
+              "--tiles", "2", "--cache-dir", str(cache_dir), "--json"],
     )  # fmt: skip
     assert made.exit_code == 0, made.output
     again = CliRunner().invoke(app, ["train", str(features), "-o", str(tmp_path / "again.safetensors"), "--preset",

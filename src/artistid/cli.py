@@ -71,6 +71,12 @@ FeatureNode = Annotated[
 ]
 Pooling = Annotated[str, typer.Option("--pooling", help="avg, or meanstd: channel means and stds (style).")]
 Precision = Annotated[str, typer.Option("--precision", help="auto, fp32 or bf16 (auto: bf16 where native).")]
+Tiles = Annotated[
+    int,
+    typer.Option(
+        "--tiles", help="Also see each painting as N x N squares of the input size (brushwork of large scans)."
+    ),
+]
 Engine = Annotated[str, typer.Option("--engine", help="local, or spark: run on Apache Spark (the spark extra).")]
 Master = Annotated[
     str | None, typer.Option("--master", help="Spark master, e.g. local[2]; default: spark-submit's, else local[*].")
@@ -171,6 +177,7 @@ def featurize(
     image_size: Annotated[
         int | None, typer.Option(help="Backbone input side in pixels (default: the backbone's own).")
     ] = None,
+    tiles: Tiles = 1,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
     workers: Workers = None,
@@ -200,6 +207,7 @@ def featurize(
         feature_nodes=tuple(feature_node) if feature_node else None,
         pooling=pooling,  # type: ignore[arg-type]
         input_size=image_size,
+        tiles=tiles,
     )
     extractor = FeatureExtractor(network, precision=precision)  # type: ignore[arg-type]
     if spark is not None:
@@ -294,11 +302,13 @@ def train(
     patience: Annotated[int | None, typer.Option(help="Stop after N epochs without validation gain.")] = None,
     balance: Annotated[bool, typer.Option(help="Weight artists by inverse frequency.")] = False,
     preset: Annotated[
-        str, typer.Option(help="Recipe: fast (the defaults) or best (style statistics at 512 px, L-BFGS head).")
+        str,
+        typer.Option(help="Recipe: fast (the defaults) or best (style statistics at 512 px, whole and 2 x 2 tiles)."),
     ] = "fast",
     image_size: Annotated[
         int | None, typer.Option(help="Backbone input side in pixels (default: the backbone's own).")
     ] = None,
+    tiles: Tiles = 1,
     solver: Annotated[str, typer.Option(help="Head solver: sgd (the reference recipe) or lbfgs.")] = "sgd",
     standardize: Annotated[bool, typer.Option(help="Standardize the features before the head.")] = False,
     calibration_folds: Annotated[
@@ -346,6 +356,7 @@ def train(
         "val_fraction": val_fraction,
         "seed": seed,
         "image_size": image_size,
+        "tiles": tiles,
         "solver": solver,
         "standardize": standardize,
         "calibration_folds": calibration_folds,

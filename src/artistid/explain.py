@@ -24,7 +24,12 @@ from artistid.images import decode_image, load_image
 from artistid.model import ImageInput, Model
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
     from torch import nn
+
+    View = Callable[[torch.Tensor], torch.Tensor]
 
 __all__ = ["Explanation", "explain_image", "grad_cam"]
 
@@ -61,8 +66,8 @@ def _last_convolution(network: nn.Module) -> nn.Module:
     return convolutions[-1]
 
 
-def _scorer(model: Model) -> nn.Module:
-    """The model as one differentiable module: normalized image in, the head's class scores out."""
+def _scorer(model: Model, view: View, columns: slice) -> nn.Module:
+    """One view of the model as a differentiable module: normalized image in, that view's class scores out."""
     import torch
     from torch import nn
 
@@ -70,15 +75,25 @@ def _scorer(model: Model) -> nn.Module:
         def __init__(self) -> None:
             super().__init__()
             self.network = model.backbone.network  # registered, so Grad-CAM can clear its gradients
-            self.register_buffer("weight", torch.from_numpy(np.asarray(model.head.coef_, dtype=np.float32)))
+            weight = np.asarray(model.head.coef_, dtype=np.float32)[:, columns]
+            self.register_buffer("weight", torch.from_numpy(np.ascontiguousarray(weight)))
             self.register_buffer("bias", torch.from_numpy(np.asarray(model.head.intercept_, dtype=np.float32)))
 
         def forward(self, batch: torch.Tensor) -> torch.Tensor:
             # The backbone's weights are frozen; the input must carry a gradient for the activations to have one.
-            features = model.backbone(batch.requires_grad_(True))
-            return features @ self.weight.T + self.bias
+            return view(batch.requires_grad_(True)) @ self.weight.T + self.bias
 
     return Scorer().eval()
+
+
+def _views(model: Model) -> list[tuple[View, slice, View | None]]:
+    """The passes whose features the head reads: (view, its columns of the head, how to put its map together)."""
+    backbone = model.backbone
+    if backbone.spec.tiles == 1:
+        return [(backbone.pooled, slice(None), None)]
+    # A tiled model reads the whole painting, then its squares (run as a batch, their maps stitched back together).
+    half = int(model.head.n_features_in_) // 2
+    return [(backbone.whole, slice(0, half), None), (backbone.squares, slice(half, None), backbone.stitch)]
 
 
 def grad_cam(model: Model, image: ImageInput, artist: str | None = None, *, name: str | None = None) -> Explanation:
@@ -95,12 +110,17 @@ def grad_cam(model: Model, image: ImageInput, artist: str | None = None, *, name
         raise ArtistIdError(f"unknown artist {artist!r}: this model knows {', '.join(classes)}")
     pixels = np.array(load_image(image, model.preprocess, name=name))  # a writable copy, as torch wants
     batch = model.extractor.to_input(pixels[None]).float()
-    scorer = _scorer(model).to(batch.device)
     with torch.no_grad():
         probabilities = model.head.predict_proba(model.extractor(pixels[None]))[0]
     index = classes.index(artist) if artist is not None else int(np.argmax(probabilities))
-    with GradCAM(model=scorer, target_layers=[_last_convolution(model.backbone.network)]) as cam:
-        heat = cam(input_tensor=batch, targets=[ClassifierOutputTarget(index)])[0]
+    layers = [_last_convolution(model.backbone.network)]
+    maps = []
+    for view, columns, reshape in _views(model):
+        with GradCAM(model=_scorer(model, view, columns).to(batch.device), target_layers=layers,
+                     reshape_transform=reshape) as cam:  # fmt: skip
+            maps.append(cam(input_tensor=batch, targets=[ClassifierOutputTarget(index)])[0])
+    heat = np.mean(maps, axis=0)
+    heat = heat / heat.max() if heat.max() > 0 else heat
     picture = _display_picture(image, name)
     # The network saw a square (the painting stretched); stretch the map back onto the painting's own shape.
     resized = Image.fromarray(np.clip(heat * 255, 0, 255).astype(np.uint8)).resize(

@@ -164,7 +164,7 @@ def _metadata(model: Model, source: str | None, pixels_checked: int, diff: float
             "name": INPUT_NAME,
             "dtype": "uint8",
             "layout": "NHWC",
-            "shape": ["batch", model.preprocess.size, model.preprocess.size, 3],
+            "shape": ["batch", model.preprocess.side, model.preprocess.side, 3],
             "channels": "RGB",
             "note": "pixels as artistid.images.load_image returns them; normalization is inside the graph",
         },

@@ -35,21 +35,35 @@ Fit = Literal["stretch", "crop", "pad"]
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How a file becomes the backbone's input: the size, how the painting is fitted, and normalization."""
+    """How a file becomes the backbone's input: the size, how the painting is fitted, and normalization.
+
+    With `tiles` > 1 the painting is fitted to a square `tiles` times larger, and the backbone sees it both whole
+    (averaged down to `size`) and as a grid of `tiles` x `tiles` squares of `size` pixels (see
+    `artistid.backbones.Backbone`): the brushwork of a large scan survives while each view keeps the scale the network
+    was trained at.
+    """
 
     size: int = 224
     fit: Fit = "stretch"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    tiles: int = 1
 
     def __post_init__(self) -> None:
         if self.fit not in ("stretch", "crop", "pad"):
             raise ValueError(f"fit must be one of stretch, crop, pad; got {self.fit!r}")
         if not 16 <= self.size <= 2048:
             raise ValueError(f"size must be between 16 and 2048 pixels; got {self.size}")
+        if not 1 <= self.tiles <= 8 or self.side > 4096:
+            raise ValueError(f"tiles must be between 1 and 8, and tiles x size at most 4096 pixels; got {self.tiles}")
+
+    @property
+    def side(self) -> int:
+        """The side of the square the painting is fitted to, in pixels."""
+        return self.size * self.tiles
 
     def to_dict(self) -> dict[str, object]:
-        return {"size": self.size, "fit": self.fit, "mean": list(self.mean), "std": list(self.std)}
+        return {"size": self.size, "fit": self.fit, "mean": list(self.mean), "std": list(self.std), "tiles": self.tiles}
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> Preprocess:
@@ -58,11 +72,13 @@ class Preprocess:
             fit=data["fit"],  # type: ignore[arg-type]
             mean=tuple(data["mean"]),  # type: ignore[arg-type]
             std=tuple(data["std"]),  # type: ignore[arg-type]
+            tiles=int(data.get("tiles", 1)),  # type: ignore[call-overload]
         )
 
     def key(self) -> str:
         """A short string naming everything that changes the pixels; part of the feature cache key."""
-        return f"decode-v1/{self.size}/{self.fit}/{self.mean}/{self.std}"
+        key = f"decode-v1/{self.size}/{self.fit}/{self.mean}/{self.std}"
+        return key if self.tiles == 1 else f"{key}/tiles{self.tiles}"
 
 
 def is_image_name(name: str) -> bool:
@@ -151,7 +167,7 @@ def load_image(
     name: str | None = None,
     max_pixels: int = MAX_PIXELS,
 ) -> np.ndarray:
-    """Returns the backbone's input for one image: a uint8 array of shape (size, size, 3).
+    """Returns the backbone's input for one image: a uint8 array of shape (side, side, 3).
 
     `source` is the file's bytes, a local path, or an already opened PIL image.
     """
@@ -167,5 +183,5 @@ def load_image(
                 raise ImageError(name, f"cannot read file: {exc.strerror or exc}") from None
         else:
             data = source
-        image = decode_image(data, name or "<bytes>", max_pixels=max_pixels, draft_size=preprocess.size)
-    return np.asarray(_fit(image, preprocess.size, preprocess.fit), dtype=np.uint8)
+        image = decode_image(data, name or "<bytes>", max_pixels=max_pixels, draft_size=preprocess.side)
+    return np.asarray(_fit(image, preprocess.side, preprocess.fit), dtype=np.uint8)

@@ -148,6 +148,7 @@ class Model:
                 architecture=backbone_meta["architecture"],
                 feature_nodes=tuple(backbone_meta["feature_nodes"]),
                 input_size=preprocess.size,
+                tiles=preprocess.tiles,
                 mean=preprocess.mean,
                 std=preprocess.std,
             )

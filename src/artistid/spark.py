@@ -156,6 +156,7 @@ def _extractor_file(extractor: FeatureExtractor) -> Path:
         "name": spec.name,
         "architecture": spec.architecture,
         "input_size": spec.input_size,
+        "tiles": spec.tiles,
         "mean": list(spec.mean),
         "std": list(spec.std),
         "feature_nodes": list(backbone.feature_nodes),
@@ -178,6 +179,7 @@ def _load_extractor(path: str) -> FeatureExtractor:
         architecture=recipe["architecture"],
         feature_nodes=tuple(recipe["feature_nodes"]),
         input_size=recipe["input_size"],
+        tiles=recipe["tiles"],
         mean=tuple(recipe["mean"]),
         std=tuple(recipe["std"]),
     )
