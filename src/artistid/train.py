@@ -90,7 +90,7 @@ class TrainSettings:
 
 # The "best" recipe, chosen by 5-fold cross-validation on paintings3/Train (docs/results.md): EfficientNet-Lite0 at
 # 512 px (brushstrokes survive; 224: 93%, 384: 94.7%, 512: 95.1%, 640: 94.7%) seen whole and as 2 x 2 squares of
-# 512 px (95.5%; the squares alone 94.9%, 3 x 3 squares no better), the pooled features plus the channel means and
+# 512 px (95.6%; the squares alone 94.9%, 3 x 3 squares no better), the pooled features plus the channel means and
 # standard deviations of every block ("style statistics"), and a standardized L2 logistic regression fitted by
 # L-BFGS. Adding Lite2 features or another scale of the whole painting did not raise the cross-validated accuracy.
 BEST_FEATURE_NODES = (
