@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from artistid.backbones import Backbone, BackboneSpec, build_network
+from artistid.backbones import Backbone, rebuild_backbone
 from artistid.calibration import UNKNOWN, name_artist
 from artistid.datasets import Sample
 from artistid.errors import ModelFileError
@@ -142,21 +142,8 @@ class Model:
     def load(cls, uri: str | Path, storage_options: dict[str, Any] | None = None) -> Model:
         tensors, meta = read_model_file(uri, storage_options)
         try:
-            backbone_meta, preprocess = meta["backbone"], Preprocess.from_dict(meta["preprocess"])
-            spec = BackboneSpec(
-                name=backbone_meta["name"],
-                architecture=backbone_meta["architecture"],
-                feature_nodes=tuple(backbone_meta["feature_nodes"]),
-                input_size=preprocess.size,
-                tiles=preprocess.tiles,
-                mean=preprocess.mean,
-                std=preprocess.std,
-            )
-            backbone = Backbone(
-                spec, build_network(spec), spec.feature_nodes, backbone_meta["pooling"], backbone_meta["weights_sha256"]
-            )
             state = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
-            backbone.network.load_state_dict(state, strict=True)
+            backbone = rebuild_backbone(meta["backbone"], Preprocess.from_dict(meta["preprocess"]), state)
             head = ArtistHead(**meta["head"]["params"])
             head.classes_ = np.asarray(meta["classes"], dtype=object)
             head.coef_ = tensors["head.weight"].float().numpy()

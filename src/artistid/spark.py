@@ -47,11 +47,12 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from artistid import storage
-from artistid.backbones import Backbone, BackboneSpec, build_network
+from artistid.backbones import rebuild_backbone
 from artistid.datasets import Sample
 from artistid.errors import ArtistIdError
 from artistid.evaluate import Evaluation, score_predictions
 from artistid.features import FeatureExtractor, read_and_decode
+from artistid.images import Preprocess
 from artistid.model import Model
 
 __all__ = [
@@ -155,10 +156,7 @@ def _extractor_file(extractor: FeatureExtractor) -> Path:
     recipe = {
         "name": spec.name,
         "architecture": spec.architecture,
-        "input_size": spec.input_size,
-        "tiles": spec.tiles,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
+        "preprocess": spec.preprocess.to_dict(),
         "feature_nodes": list(backbone.feature_nodes),
         "pooling": backbone.pooling,
         "weights_sha256": backbone.weights_sha256,
@@ -174,17 +172,7 @@ def _load_extractor(path: str) -> FeatureExtractor:
 
     with safe_open(path, framework="pt") as handle:
         recipe = json.loads(handle.metadata()["artistid.backbone"])
-    spec = BackboneSpec(
-        name=recipe["name"],
-        architecture=recipe["architecture"],
-        feature_nodes=tuple(recipe["feature_nodes"]),
-        input_size=recipe["input_size"],
-        tiles=recipe["tiles"],
-        mean=tuple(recipe["mean"]),
-        std=tuple(recipe["std"]),
-    )
-    backbone = Backbone(spec, build_network(spec), spec.feature_nodes, recipe["pooling"], recipe["weights_sha256"])
-    backbone.network.load_state_dict(load_file(path), strict=True)
+    backbone = rebuild_backbone(recipe, Preprocess.from_dict(recipe["preprocess"]), load_file(path))
     return FeatureExtractor(backbone, precision=recipe["precision"])
 
 
