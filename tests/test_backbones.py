@@ -78,6 +78,16 @@ def test_any_timm_model_with_a_local_weights_file(tmp_path: Path) -> None:
     assert backbone(torch.zeros(1, 3, 224, 224)).shape == (1, 512)
 
 
+def test_unregistered_timm_model_takes_its_pretrained_config() -> None:
+    import timm
+
+    config = timm.get_pretrained_cfg("inception_v3")  # not registered; mean, std and size differ from the defaults
+    spec = get_spec("inception_v3")
+    assert spec.architecture == "timm:inception_v3" and spec.tiles == 1
+    assert (spec.input_size, spec.mean, spec.std) == (299, tuple(config.mean), tuple(config.std))
+    assert spec.preprocess.side == 299
+
+
 @pytest.fixture
 def weights_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """Serves a folder over HTTP on loopback, as a weights host would."""

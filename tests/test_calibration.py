@@ -15,7 +15,6 @@ from artistid.calibration import (
     calibrate,
     choose_threshold,
     coverage_curve,
-    coverage_png,
     expected_calibration_error,
     fit_temperature,
     out_of_fold_scores,
@@ -23,6 +22,7 @@ from artistid.calibration import (
     softmax,
 )
 from artistid.cli import app
+from artistid.evaluate import coverage_png
 from artistid.head import ArtistHead
 from artistid.model import UNKNOWN, Model
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from artistid.cli import app
 from artistid.errors import ArtistIdError, ImageError
-from artistid.explain import explain_image, grad_cam
+from artistid.explain import grad_cam
 from artistid.model import Model
 
 pytest.importorskip("pytorch_grad_cam", reason="pip install artistid[explain] (the grad-cam package)")
@@ -42,7 +42,7 @@ def test_maps_differ_between_artists_and_in_memory_inputs_work(demo_model: Model
     assert first.artist != second.artist
     assert not np.allclose(first.heat, second.heat)
     with Image.open(painting) as image:
-        png = explain_image(demo_model, image.copy())
+        png = grad_cam(demo_model, image.copy()).png()
     with Image.open(io.BytesIO(png)) as picture:
         assert picture.format == "PNG" and picture.mode == "RGB"
     with pytest.raises(ArtistIdError, match="unknown artist 'Picasso'"):

@@ -103,6 +103,12 @@ def test_unusable_files_raise_one_error_naming_the_file_and_reason(tmp_path: Pat
     assert "\n" not in str(raised.value)
 
 
+def test_a_large_museum_scan_is_read_though_pillow_would_warn() -> None:
+    # 96 Mpx: over Pillow's 89 Mpx warning, under artistid's limit of 120 Mpx.
+    scan = _encode(Image.new("1", (12000, 8000), 1), "PNG")
+    assert load_image(scan, Preprocess(size=32)).shape == (32, 32, 3)
+
+
 def test_a_missing_file_is_an_image_error(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="cannot read file"):
         load_image(tmp_path / "nowhere.jpg")

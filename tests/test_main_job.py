@@ -43,6 +43,77 @@ def test_train_evaluates_reuses_and_gates(demo_data: Path, tmp_path: Path, cache
     assert "epoch 3/3" in out and output.exists()  # the model is kept even when the gate fails
 
 
+def test_a_reused_model_is_measured_on_the_test_set_as_it_is_now(
+    demo_data: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(demo_data, data)
+    output = tmp_path / "model.safetensors"
+    assert _run("train", str(data), "-o", str(output), "--cache-dir", str(cache_dir), "-q")[0] == 0
+    trained = Model.load(output).metrics["accuracy"]
+    for painting in (data / "Test" / "Rembrandt").iterdir():  # now labelled wrongly: accuracy must fall
+        painting.rename(data / "Test" / "Claude_Monet" / painting.name)
+    code, out, _ = _run("train", str(data), "-o", str(output), "--cache-dir", str(cache_dir), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["reused"] is True
+    assert report["metrics"]["accuracy"] < trained - 0.2
+
+
+def test_outputs_and_inputs_that_cannot_work_fail_at_once_in_one_line(
+    demo_data: Path, demo_model_path: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    painting = sorted((demo_data / "Test" / "Claude_Monet").iterdir())[0]
+    (tmp_path / "folder").mkdir()
+    cases = {
+        ("train", str(demo_data), "-o", str(tmp_path / "folder")): "is a folder; give a file name",
+        ("train", str(demo_data), "-o", f"{painting}/m.safetensors"): "is a file, not a folder",
+        ("explain", str(demo_model_path), str(painting), "-o", str(tmp_path / "folder")): "is a folder",
+        ("evaluate", str(demo_model_path), str(demo_data), "--report", str(painting)): "is a file; give a folder",
+        ("evaluate", str(demo_model_path), str(painting)): "an image, not a dataset folder or map file",
+        ("evaluate", str(demo_model_path), str(demo_data / "Train" / "..")): "",  # has Test/: fine
+        ("predict", str(demo_model_path), str(tmp_path / "folder")): "no images found",
+    }
+    only_train = tmp_path / "only-train"
+    shutil.copytree(demo_data / "Train", only_train / "Train")
+    cases[("evaluate", str(demo_model_path), str(only_train))] = "has a Train/ folder but no Test/ folder"
+    for args, message in cases.items():
+        code, _, err = _run(*args, "--cache-dir", str(cache_dir)) if args[0] != "explain" else _run(*args)
+        if not message:
+            assert code == 0, err
+            continue
+        assert code == 1 and message in err and err.count("\n") == 1, (args, code, err)
+    assert not any((tmp_path / "folder").iterdir())  # nothing was half written
+
+    code, _, err = _run("serve", str(demo_model_path), "--port", "99999")
+    assert code == 2 and "65535" in err  # a usage error, before any model loads
+
+
+def test_paintings_by_other_artists_only_are_measured_by_rejection(
+    demo_model_path: Path, demo_data: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    others = tmp_path / "others"
+    shutil.copytree(demo_data / "Test" / "Rembrandt", others / "Test" / "Pablo_Picasso")  # an artist it does not know
+    code, out, err = _run("evaluate", str(demo_model_path), str(others), "--cache-dir", str(cache_dir), "--json")
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["n"] == 0 and metrics["accuracy"] is None and metrics["unknown"]["n"] == 20
+    assert 0 <= metrics["unknown_rejection_rate"] <= 1 and metrics["false_rejection_rate"] is None
+    code, out, _ = _run("evaluate", str(demo_model_path), str(others), "--cache-dir", str(cache_dir))
+    assert code == 0 and "no images of known artists" in out and "of other artists' images rejected" in out
+
+
+def test_a_broken_feature_cache_is_passed_over_with_a_warning(
+    demo_model_path: Path, demo_data: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "cache"
+    broken.mkdir()
+    (broken / "features-v1.sqlite").write_text("not a database\n" * 100)
+    painting = sorted((demo_data / "Test" / "Claude_Monet").iterdir())[0]
+    code, out, err = _run("predict", str(demo_model_path), str(painting), "--cache-dir", str(broken))
+    assert code == 0 and painting.name in out
+    assert "unusable feature cache" in err and "going on without it" in err
+
+
 def test_validation_split_and_bad_options(demo_data: Path, tmp_path: Path, cache_dir: Path) -> None:
     code, out, _ = _run(
         "train",
@@ -87,8 +158,12 @@ def test_evaluate_report_with_unknown_artists_and_bad_files(
     with open(tmp_path / "report" / "predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 61
-    assert set(rows[0]) == {"path", "true", "predicted", "Claude_Monet", "Rembrandt", "Vincent_van_Gogh"}
+    assert set(rows[0]) == {"path", "true", "predicted", "answer", "Claude_Monet", "Rembrandt", "Vincent_van_Gogh"}
     assert [r["true"] for r in rows].count("unknown") == 1
+    threshold = metrics["threshold"]
+    for row in rows:  # "answer" is what predict says: the top artist, or "unknown" below the threshold
+        top = max(float(row[c]) for c in ("Claude_Monet", "Rembrandt", "Vincent_van_Gogh"))
+        assert row["answer"] == ("unknown" if top < threshold else row["predicted"])
     assert json.loads((tmp_path / "report" / "metrics.json").read_text())["n"] == 60
     with Image.open(tmp_path / "report" / "confusion.png") as plot:
         assert plot.format == "PNG" and plot.width > 200
@@ -164,6 +239,12 @@ def test_broken_model_files_give_one_clear_error(demo_model_path: Path, tmp_path
     (tmp_path / "future.safetensors").write_bytes(future)
     expectations = {"truncated": "truncated", "random": "not an artistid model file",
                     "other": "not an artistid model file", "future": "version 9 is not supported"}  # fmt: skip
+    from artistid.model_file import read_model_file, write_model_file
+
+    tensors, meta = read_model_file(demo_model_path)
+    meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
+    write_model_file(tmp_path / "mislabelled.safetensors", tensors, {**meta, "classes": meta["classes"][:2]})
+    expectations["mislabelled"] = "inconsistent .*2 classes"
     for name, message in expectations.items():
         with pytest.raises(ModelFileError, match=message):
             Model.load(tmp_path / f"{name}.safetensors")

@@ -37,6 +37,16 @@ def browser() -> Iterator[object]:
         browser.close()
 
 
+def open_page(browser, server: Server, init_script: str | None = None, **options: object):
+    """A new tab on the service's page, once it has read which artists the model knows."""
+    page = browser.new_page(**options)
+    if init_script:
+        page.add_init_script(init_script)
+    page.goto(server.url + "/")
+    page.wait_for_function("document.getElementById('classes').textContent.includes('Monet')")
+    return page
+
+
 def test_page_names_the_artist_of_a_chosen_painting(
     browser,
     onnx_server: Server,
@@ -53,8 +63,8 @@ def test_page_names_the_artist_of_a_chosen_painting(
     else:
         pytest.fail("the demo model names no Van Gogh test painting correctly")
 
-    page = browser.new_page(viewport={"width": 1100, "height": 760})
     errors: list[str] = []
+    page = browser.new_page(viewport={"width": 1100, "height": 760})
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(onnx_server.url + "/")
     page.wait_for_function("document.getElementById('classes').textContent.includes('Monet')")
@@ -99,9 +109,7 @@ def test_api_docs_render_offline(browser, onnx_server: Server) -> None:
 
 def test_page_shows_where_the_model_looked(browser, torch_server: Server, demo_data: Path, tmp_path: Path) -> None:
     painting = sorted((demo_data / "Test" / "Claude_Monet").iterdir())[0]
-    page = browser.new_page(viewport={"width": 1100, "height": 760})
-    page.goto(torch_server.url + "/")
-    page.wait_for_function("document.getElementById('classes').textContent.includes('Monet')")
+    page = open_page(browser, torch_server, viewport={"width": 1100, "height": 760})
     page.set_input_files("#file", str(painting))
     button = page.locator("#explain")
     button.wait_for(state="visible", timeout=30_000)
@@ -111,8 +119,87 @@ def test_page_shows_where_the_model_looked(browser, torch_server: Server, demo_d
         "document.getElementById('preview').complete && document.getElementById('preview').naturalWidth > 0"
     )
     assert button.inner_text() == "Show the painting"
+    artist = page.locator("#artist").inner_text()
+    assert page.locator("#view-note").inner_text() == f"Red: where the model looked for {artist}."
     page.screenshot(path=str(tmp_path / "heat.png"))
     button.click()
     assert page.locator("#preview").get_attribute("data-view") == "painting"
     assert button.inner_text() == "Where did it look?"
+    page.close()
+
+
+def test_a_slow_answer_about_an_earlier_painting_never_replaces_the_later_one(
+    browser, onnx_server: Server, demo_data: Path, tmp_path: Path
+) -> None:
+    monet = sorted((demo_data / "Test" / "Claude_Monet").iterdir())[0]
+    notes = tmp_path / "notes.jpg"  # not an image: refused at once
+    notes.write_text("not a painting\n")
+    # The first prediction is held back 1.5 s, as a slow network would.
+    page = open_page(
+        browser,
+        onnx_server,
+        init_script="""{
+        const fetchNow = window.fetch;
+        let first = true;
+        window.fetch = (url, options) => {
+          if (String(url).startsWith("/v1/predict") && first) {
+            first = false;
+            return new Promise((resolve) => setTimeout(resolve, 1500)).then(() => fetchNow(url, options));
+          }
+          return fetchNow(url, options);
+        };
+        }""",
+    )
+    page.set_input_files("#file", str(monet))
+    page.set_input_files("#file", str(notes))
+    page.locator("#error").wait_for(state="visible", timeout=30_000)
+    page.wait_for_timeout(2500)  # the Monet answer has arrived by now, and must have been dropped
+    assert page.locator("#status").inner_text() == notes.name
+    assert page.locator("#answer").is_hidden()
+    assert page.locator("#error").inner_text().startswith(f"{notes.name}: ")
+    page.close()
+
+
+def test_an_unknown_painting_is_said_so_with_the_closest_artist(browser, onnx_server: Server, demo_data: Path) -> None:
+    painting = sorted((demo_data / "Test" / "Claude_Monet").iterdir())[0]
+    threshold = httpx.get(f"{onnx_server.url}/v1/model").json()["threshold"]
+    scores = [("Rembrandt", 0.41), ("Claude_Monet", 0.35), ("Vincent_van_Gogh", 0.24)]
+    answer = {
+        "model": httpx.get(f"{onnx_server.url}/v1/model").json()["model"],
+        "predictions": [
+            {
+                "filename": painting.name,
+                "artist": "unknown",
+                "probability": 0.41,
+                "top_k": [{"artist": artist, "probability": p} for artist, p in scores],
+            }
+        ],
+    }
+    page = open_page(browser, onnx_server)
+    page.route("**/v1/predict*", lambda route: route.fulfill(json=answer))
+    page.set_input_files("#file", str(painting))
+    page.locator("#artist").wait_for(state="visible", timeout=30_000)
+    assert page.locator("#artist").inner_text() == "an artist the model does not know"
+    assert page.locator("#confidence").inner_text() == (
+        f"closest: Rembrandt at 41.0%, under the {threshold * 100:.1f}% it needs to name an artist"
+    )
+    page.close()
+
+
+def test_a_failed_explanation_keeps_the_prediction_on_show(browser, torch_server: Server, demo_data: Path) -> None:
+    painting = sorted((demo_data / "Test" / "Claude_Monet").iterdir())[0]
+    page = open_page(browser, torch_server)
+    page.route(
+        "**/v1/explain*",
+        lambda route: route.fulfill(status=502, content_type="text/html", body="<html>Bad Gateway</html>"),
+    )
+    page.set_input_files("#file", str(painting))
+    button = page.locator("#explain")
+    button.wait_for(state="visible", timeout=30_000)
+    button.click()
+    page.locator("#explain-error").wait_for(state="visible", timeout=30_000)
+    assert page.locator("#explain-error").inner_text().startswith("the service answered 502")
+    assert page.locator("#answer").is_visible() and page.locator("#artist").inner_text()
+    assert button.inner_text() == "Where did it look?" and button.is_enabled()
+    assert page.locator("#preview").get_attribute("data-view") == "painting"
     page.close()

@@ -98,6 +98,12 @@ def test_local_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path: Pat
     storage.write_bytes_atomic(target, b"first version")
     storage.write_bytes_atomic(f"file://{target}", b"second")
     assert target.read_bytes() == b"second"
+    umask = os.umask(0o027)
+    try:
+        storage.write_bytes_atomic(target, b"second")
+    finally:
+        os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o640  # an ordinary file, as the umask says, not a private temporary
 
     def crash(*args: object) -> None:
         raise OSError("disk full")

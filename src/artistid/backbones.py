@@ -42,8 +42,8 @@ logger = logging.getLogger(__name__)
 
 Pooling = Literal["avg", "meanstd"]
 POOLINGS: tuple[str, ...] = ("avg", "meanstd")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# ImageNet's normalization, as torchvision and most timm models use it: Preprocess's default.
+IMAGENET_MEAN, IMAGENET_STD = Preprocess().mean, Preprocess().std
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def get_spec(name: str) -> BackboneSpec:
         mean = tuple(config.mean) if config else IMAGENET_MEAN
         std = tuple(config.std) if config else IMAGENET_STD
         size = int(config.input_size[-1]) if config else 224
-        return BackboneSpec(name, f"timm:{model}", ("pooled",), size, mean, std)  # type: ignore[arg-type]
+        return BackboneSpec(name, f"timm:{model}", ("pooled",), input_size=size, mean=mean, std=std)
     if library in ("", "torchvision") and model in torchvision.models.list_models():
         return BackboneSpec(name, f"torchvision:{model}", ("pooled",), weights_format="torchvision")
     raise WeightsError(
@@ -121,12 +121,16 @@ def _package_weights_file(spec: BackboneSpec) -> Path | None:
     return files[0] if files else None
 
 
+def _hub_checkpoints() -> Path:
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
 def _cached_download_path(spec: BackboneSpec) -> Path | None:
     if spec.weights_url is None:
         return None
-    import torch.hub
-
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(spec.weights_url).name
+    return _hub_checkpoints() / Path(spec.weights_url).name
 
 
 def weights_available(spec: BackboneSpec) -> bool:
@@ -140,7 +144,7 @@ def download_weights(url: str, sha256_prefix: str | None, directory: Path | None
     """Downloads `url` into the torch hub cache (once) and checks its sha256 prefix; a mismatch is refused."""
     import torch.hub
 
-    directory = directory or Path(torch.hub.get_dir()) / "checkpoints"
+    directory = directory or _hub_checkpoints()
     target = directory / Path(url).name
     if target.exists():
         return target
@@ -447,7 +451,7 @@ register_backbone(
         description="EfficientNet-Lite0, ImageNet; the offline default (1280 features)",
     )
 )
-for _size, _variant, _hash in ((240, 1, "77cc7160"), (260, 2, "9656183e")):
+for _size, _variant in ((240, 1), (260, 2)):
     register_backbone(
         BackboneSpec(
             name=f"efficientnet_lite{_variant}",

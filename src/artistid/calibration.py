@@ -22,7 +22,6 @@ __all__ = [
     "calibrate",
     "choose_threshold",
     "coverage_curve",
-    "coverage_png",
     "expected_calibration_error",
     "fit_temperature",
     "out_of_fold_scores",
@@ -115,40 +114,6 @@ def coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndar
     hits = np.asarray(correct, dtype=np.float64)[order]
     answered = np.arange(1, len(order) + 1)
     return answered / max(len(order), 1), np.cumsum(hits) / answered, confidence[order]
-
-
-def coverage_png(confidence: np.ndarray, correct: np.ndarray, threshold: float | None = None, title: str = "") -> bytes:
-    """The accuracy-versus-coverage curve as a PNG, the model's threshold marked."""
-    import io
-
-    # A bare Figure needs no pyplot backend: the caller's matplotlib state (e.g. a notebook's) stays untouched.
-    from matplotlib.figure import Figure
-
-    coverage, accuracy, thresholds = coverage_curve(confidence, correct)
-    figure = Figure(figsize=(5, 4))
-    axes = figure.add_subplot()
-    axes.plot(coverage, accuracy, color="tab:blue")
-    if threshold is not None and len(coverage):
-        answered = int(np.sum(thresholds >= threshold))
-        if answered:
-            axes.scatter(
-                [coverage[answered - 1]],
-                [accuracy[answered - 1]],
-                color="tab:red",
-                zorder=3,
-                label=f"threshold {threshold:.2f}: {coverage[answered - 1]:.0%} answered",
-            )
-            axes.legend(loc="lower left")
-    axes.set_xlabel("coverage (share of known-artist paintings answered)")
-    axes.set_ylabel("accuracy of the answered ones")
-    axes.set_xlim(0, 1.02)
-    axes.set_ylim(max(0.0, float(accuracy.min()) - 0.05) if len(accuracy) else 0, 1.005)
-    axes.grid(alpha=0.3)
-    axes.set_title(title or "accuracy versus coverage")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
 
 
 @dataclass

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
@@ -35,11 +37,44 @@ def handle_errors(command: F) -> F:
         except ArtistIdError as exc:
             typer.echo(f"artistid: error: {exc}", err=True)
             raise typer.Exit(1) from None
-        except ValueError as exc:  # parameter checks of the estimator and recipe
+        except ValueError as exc:  # parameter checks of the estimator and recipe: a usage error, as click's are
             typer.echo(f"artistid: error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except OSError as exc:  # what the early checks of _check_output cannot foresee (a full disk, say)
+            where = f"{exc.filename}: " if exc.filename else ""
+            typer.echo(f"artistid: error: {where}{exc.strerror or exc}", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _check_output(target: str | Path, kind: Literal["file", "folder", "any"] = "file") -> None:
+    """Fails at once, rather than after the long work, on a local output that cannot be written."""
+    from artistid import storage
+
+    if not storage.is_local(str(target)):
+        return
+    path = storage.local_path(str(target))
+    if kind == "file" and path.is_dir():
+        raise ArtistIdError(f"{target}: is a folder; give a file name")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise ArtistIdError(f"{target}: is a file; give a folder")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ArtistIdError(f"{target}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise ArtistIdError(f"{target}: cannot write in {parent}")
+
+
+class LogLevel(enum.StrEnum):  # uvicorn's levels
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+    trace = "trace"
 
 
 # --- shared options --------------------------------------------------------------------------------------------
@@ -95,7 +130,13 @@ def _options(items: list[str] | None) -> dict[str, Any] | None:
 def _cache(cache_dir: Path | None, no_cache: bool) -> Any:
     from artistid.features import FeatureCache
 
-    return None if no_cache else FeatureCache(cache_dir)
+    if no_cache:
+        return None
+    try:
+        return FeatureCache(cache_dir)
+    except ArtistIdError as exc:  # the cache only saves time: a broken one must not stop the work
+        typer.echo(f"artistid: warning: {exc}; going on without it", err=True)
+        return None
 
 
 def _spark(engine: str) -> Any:
@@ -200,6 +241,7 @@ def featurize(
     _configure_logging(quiet)
     spark = _spark(engine)
     options = _options(storage_option)
+    _check_output(output, "any")  # a Parquet file, or a folder from Spark
     dataset = load_dataset(data, options)
     network = create_backbone(
         backbone,
@@ -318,7 +360,9 @@ def train(
         float, typer.Option(help="Share of known-artist paintings the 'unknown' threshold may reject (validation).")
     ] = 0.02,
     ctx: typer.Context = None,  # type: ignore[assignment]
-    min_accuracy: Annotated[float | None, typer.Option(help="Exit with status 3 if test accuracy is below.")] = None,
+    min_accuracy: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Exit with status 3 if test accuracy is below (0-1).")
+    ] = None,
     force: Annotated[
         bool, typer.Option(help="Retrain even if OUTPUT was trained from the same data and settings.")
     ] = False,
@@ -372,6 +416,7 @@ def train(
     }
     settings = training.preset(preset, **given) if ctx is not None else training.TrainSettings(**given)
     settings.head()._check_params()
+    _check_output(output)
     say = (lambda _: None) if as_json else typer.echo
     cache = _cache(cache_dir, no_cache)
     from_features = data.endswith(".parquet")
@@ -389,7 +434,7 @@ def train(
         except ModelFileError:
             previous = None
         if previous and previous.get("training", {}).get("fingerprint") == fingerprint:
-            say(f"reusing {output}: it was trained from the same data and settings (--force retrains)")
+            say(f"reusing {output}: it was trained from the same Train/ and settings (--force retrains)")
             model = Model.load(output, options)
     result = None
     if model is None:
@@ -422,7 +467,7 @@ def train(
             )
 
     metrics: dict[str, Any] = model.metrics
-    if result is not None and dataset.test:
+    if dataset.test:  # a reused model too: Test/ may have changed since it was trained
         evaluation = evaluate(
             model,
             dataset.test,
@@ -462,7 +507,8 @@ def evaluate_command(
     model_path: Annotated[str, typer.Argument(metavar="MODEL", help="Model file.")],
     test: Annotated[str, typer.Argument(help="Dataset folder (its Test/), folder of artist folders, or map file.")],
     report: Annotated[
-        str | None, typer.Option("--report", help="Folder for predictions.csv, metrics.json, confusion.png.")
+        str | None,
+        typer.Option("--report", help="Folder for predictions.csv, metrics.json, confusion.png and coverage.png."),
     ] = None,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
@@ -483,6 +529,8 @@ def evaluate_command(
     spark = _spark(engine)
     options = _options(storage_option)
     model = Model.load(model_path, options)
+    if report:
+        _check_output(report, "folder")
     samples = load_test_set(test, options)
     if spark is not None:
         with spark.session(master) as session:
@@ -513,7 +561,7 @@ def evaluate_command(
 def predict(
     model_path: Annotated[str, typer.Argument(metavar="MODEL", help="Model file.")],
     paths: Annotated[list[str], typer.Argument(metavar="PATH...", help="Image files or folders (URIs work too).")],
-    top_k: Annotated[int, typer.Option("--top-k", help="How many artists to list per image.")] = 1,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many artists to list per image.")] = 1,
     strict: Annotated[bool, typer.Option(help="Exit with status 1 if any file could not be used.")] = False,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
@@ -551,6 +599,8 @@ def predict(
         raise ArtistIdError("--output is for --engine spark; the local engine prints its predictions")
     model = Model.load(model_path, options)
     samples = list_images(paths, options)
+    if not samples:
+        raise ArtistIdError(f"{' '.join(paths)}: no images found")
     features = model.features_for(
         samples,
         cache=_cache(cache_dir, no_cache),
@@ -560,7 +610,7 @@ def predict(
     )
     probabilities = model.head.predict_proba(features.features) if len(features) else []
     classes = [str(c) for c in model.classes_]
-    k = max(1, min(top_k, len(classes)))
+    k = min(top_k, len(classes))
     records: dict[str, dict[str, Any]] = {}
     for path, row in zip(features.paths, probabilities, strict=True):
         order = row.argsort()[::-1][:k]
@@ -626,6 +676,7 @@ def finetune(
 
     _configure_logging(quiet)
     logging.getLogger("artistid.finetune").setLevel(logging.ERROR if quiet or as_json else logging.INFO)
+    _check_output(output)
     dataset = load_dataset(data)
     settings = FinetuneSettings(
         backbone=backbone,
@@ -677,6 +728,7 @@ def explain(
     from artistid.storage import write_bytes_atomic
 
     _configure_logging(True)
+    _check_output(output)
     model = Model.load(model_path)
     explanation = grad_cam(model, image, artist)
     write_bytes_atomic(output, explanation.png())
@@ -705,6 +757,7 @@ def fetch(
     from artistid.fetch import fetch as run_fetch
 
     _configure_logging(quiet or as_json)
+    _check_output(to, "folder")
     report = run_fetch(
         source, to, workers=workers, storage_options=_options(storage_option), progress=not quiet and not as_json
     )
@@ -736,6 +789,7 @@ def prepare(
     from artistid.prepare import prepare as run_prepare
 
     _configure_logging(quiet or as_json)
+    _check_output(to, "folder")
     report = run_prepare(raw, to, test_fraction=test_fraction, seed=seed, storage_options=_options(storage_option))
     if as_json:
         _print_json(asdict(report))
@@ -775,16 +829,20 @@ def check(
 def serve(
     model_path: Annotated[str, typer.Argument(metavar="MODEL", help="Model file, or an .onnx file from `export`.")],
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on.")] = 8000,
     max_upload_mb: Annotated[
-        float, typer.Option("--max-upload-mb", help="Largest request body accepted (413 above).")
+        float, typer.Option("--max-upload-mb", min=0.001, help="Largest request body accepted (413 above).")
     ] = 20.0,
     runtime: Annotated[
         str | None,
         typer.Option("--runtime", help="torch or onnx (default: onnx for an .onnx file, else torch)."),
     ] = None,
-    max_batch: Annotated[int, typer.Option("--max-batch", help="Most images per model call (micro-batching).")] = 4,
-    log_level: Annotated[str, typer.Option("--log-level", help="uvicorn's log level.")] = "info",
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", min=1, help="Most images per model call (micro-batching).")
+    ] = 4,
+    log_level: Annotated[
+        LogLevel, typer.Option("--log-level", case_sensitive=False, help="uvicorn's log level.")
+    ] = LogLevel.info,
 ) -> None:
     """Serve MODEL over HTTP: POST /v1/predict, GET /v1/model, a page at / and OpenAPI docs at /docs.
 
@@ -795,7 +853,7 @@ def serve(
     from artistid.serve import check_model_file, runtime_for
     from artistid.serve import serve as run_server
 
-    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(message)s")
+    logging.basicConfig(level=getattr(logging, log_level.value.upper(), logging.DEBUG), format="%(message)s")
     chosen = runtime_for(model_path, runtime)
     with tempfile.TemporaryDirectory(prefix="artistid-serve-") as scratch:
         if chosen == "onnx" and not model_path.lower().endswith(".onnx"):
@@ -814,7 +872,7 @@ def serve(
             runtime=chosen,
             max_upload_mb=max_upload_mb,
             max_batch=max_batch,
-            log_level=log_level,
+            log_level=log_level.value,
         )
 
 
@@ -837,6 +895,7 @@ def export(
     from artistid.model import Model
 
     _configure_logging(quiet)
+    _check_output(onnx)
     model = Model.load(model_path)
     images = [s.path for s in list_images(check_images)] if check_images else None
     report = export_onnx(model, onnx, check_images=images, tolerance=tolerance, source=model_path)

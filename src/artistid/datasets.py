@@ -15,13 +15,27 @@ from typing import Any
 
 from artistid import storage
 from artistid.errors import SourceError
-from artistid.images import is_image_name
 
-__all__ = ["Dataset", "Sample", "list_images", "load_dataset", "load_split", "load_test_set"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "Dataset",
+    "Sample",
+    "is_image_name",
+    "list_images",
+    "load_dataset",
+    "load_split",
+    "load_test_set",
+]
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 UNKNOWN = -1
 _TRAIN_NAMES = ("Train", "train")
 _TEST_NAMES = ("Test", "test")
+
+
+def is_image_name(name: str) -> bool:
+    return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 @dataclass(frozen=True)
@@ -68,10 +82,16 @@ def _class_folder(fs: Any, root: str, original: str) -> tuple[list[Sample], list
 
 
 def _map_file(fs: Any, path: str, original: str) -> tuple[list[Sample], list[str]]:
+    if is_image_name(path):
+        raise SourceError(f"{original}: an image, not a dataset folder or map file")
     base = path.rsplit("/", 1)[0] if "/" in path else ""
     samples: list[Sample] = []
     with fs.open(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+        try:
+            lines = list(handle)
+        except UnicodeDecodeError:
+            raise SourceError(f"{original}: not a map file ('path<TAB>label' lines of UTF-8 text)") from None
+        for number, line in enumerate(lines, start=1):
             if not line.strip() or line.startswith("#"):
                 continue
             parts = line.rstrip("\r\n").split("\t")
@@ -135,6 +155,8 @@ def load_test_set(source: str, storage_options: dict[str, Any] | None = None) ->
     if not fs.exists(path):
         raise SourceError(f"{source}: no such file or folder")
     test_dir = _child(fs, path, _TEST_NAMES) if fs.isdir(path) else None
+    if test_dir is None and fs.isdir(path) and _child(fs, path, _TRAIN_NAMES) is not None:
+        raise SourceError(f"{source}: has a Train/ folder but no Test/ folder to evaluate on")
     samples, _ = load_split(_strip(fs, test_dir, source) if test_dir else source, storage_options)
     if not samples:
         raise SourceError(f"{source}: no images found")

@@ -15,17 +15,20 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from artistid import storage
-from artistid.calibration import coverage_curve, coverage_png, expected_calibration_error, rejection_rates
+from artistid.calibration import coverage_curve, expected_calibration_error, name_artist, rejection_rates
 from artistid.datasets import Sample
 from artistid.features import FeatureCache
 from artistid.model import Model
 
-__all__ = ["Evaluation", "evaluate", "format_report", "score_predictions", "write_report"]
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["Evaluation", "coverage_png", "evaluate", "format_report", "score_predictions", "write_report"]
 
 
 @dataclass
@@ -39,7 +42,13 @@ class Evaluation:
 
     @property
     def predictions(self) -> list[str]:
+        """The most likely artist of each image."""
         return [self.classes[i] for i in self.probabilities.argmax(axis=1)] if len(self.paths) else []
+
+    @property
+    def answers(self) -> list[str]:
+        """What `predict` and the service answer: the most likely artist, or "unknown" below the threshold."""
+        return [name_artist(row, self.classes, self.threshold) for row in self.probabilities]
 
 
 def _rejection_metrics(
@@ -88,9 +97,14 @@ def _metrics(
     known_probabilities = probabilities[known]
     predicted = known_probabilities.argmax(axis=1) if len(true_index) else np.zeros(0, int)
     ranked = np.argsort(-known_probabilities, axis=1)[:, :2] if len(true_index) else np.zeros((0, 2), int)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        true_index, predicted, labels=range(len(classes)), zero_division=0
-    )
+    if len(true_index):
+        precision, recall, f1, support = precision_recall_fscore_support(
+            true_index, predicted, labels=range(len(classes)), zero_division=0
+        )
+        confusion = confusion_matrix(true_index, predicted, labels=range(len(classes))).tolist()
+    else:  # only other artists' paintings: nothing to score per artist, only what was rejected
+        precision = recall = f1 = support = np.zeros(len(classes))
+        confusion = np.zeros((len(classes), len(classes)), int).tolist()
     unknown_predictions = [classes[i] for i in probabilities[~known].argmax(axis=1)] if (~known).any() else []
     return {
         "accuracy": float(np.mean(predicted == true_index)) if len(true_index) else None,
@@ -106,7 +120,7 @@ def _metrics(
             }
             for i, name in enumerate(classes)
         },
-        "confusion_matrix": confusion_matrix(true_index, predicted, labels=range(len(classes))).tolist(),
+        "confusion_matrix": confusion,
         "unknown": {"n": len(unknown_predictions), "predicted": dict(Counter(unknown_predictions))},
         "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
         **_rejection_metrics(known, true_index, probabilities, threshold),
@@ -154,38 +168,45 @@ def format_report(evaluation: Evaluation) -> str:
         lines.append(
             f"accuracy {m['accuracy']:.1%} on {m['n']} images of known artists (top-2 {m['top2_accuracy']:.1%})"
         )
+        width = max(len(c) for c in classes)
+        lines.append(f"{'artist':<{width}}  precision  recall     f1  support")
+        for name in classes:
+            row = m["per_class"][name]
+            lines.append(
+                f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  {row['support']:7d}"
+            )
+        lines.append("confusion matrix (rows: true artist, columns: predicted)")
+        short = [c[:12] for c in classes]
+        lines.append(" " * (width + 2) + "  ".join(f"{s:>12}" for s in short))
+        for name, row in zip(classes, m["confusion_matrix"], strict=True):
+            lines.append(f"{name:<{width}}  " + "  ".join(f"{v:>12d}" for v in row))
     else:
         lines.append("no images of known artists to measure accuracy on")
-    width = max(len(c) for c in classes)
-    lines.append(f"{'artist':<{width}}  precision  recall     f1  support")
-    for name in classes:
-        row = m["per_class"][name]
-        lines.append(
-            f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  {row['support']:7d}"
-        )
-    lines.append("confusion matrix (rows: true artist, columns: predicted)")
-    short = [c[:12] for c in classes]
-    lines.append(" " * (width + 2) + "  ".join(f"{s:>12}" for s in short))
-    for name, row in zip(classes, m["confusion_matrix"], strict=True):
-        lines.append(f"{name:<{width}}  " + "  ".join(f"{v:>12d}" for v in row))
     if m["unknown"]["n"]:
         said = ", ".join(f"{k} {v}" for k, v in sorted(m["unknown"]["predicted"].items()))
         lines.append(f"{m['unknown']['n']} images of other artists; the model's top guess: {said}")
     if m.get("ece") is not None:
         lines.append(f"expected calibration error {m['ece']:.1%}")
     if m.get("threshold") is not None:
-        rejection = f"'unknown' below probability {m['threshold']:.2f}: "
+        rates = []
         if m["false_rejection_rate"] is not None:
-            rejection += f"{m['false_rejection_rate']:.1%} of known-artist images rejected"
+            rates.append(f"{m['false_rejection_rate']:.1%} of known-artist images rejected")
             if m["accuracy_answered"] is not None:
-                rejection += f" (accuracy on the rest {m['accuracy_answered']:.1%})"
+                rates[-1] += f" (accuracy on the rest {m['accuracy_answered']:.1%})"
         if m["unknown_rejection_rate"] is not None:
-            rejection += f", {m['unknown_rejection_rate']:.1%} of other artists' images rejected"
-        lines.append(rejection)
+            rates.append(f"{m['unknown_rejection_rate']:.1%} of other artists' images rejected")
+        lines.append(f"'unknown' below probability {m['threshold']:.2f}: " + ", ".join(rates))
     if m["skipped"]:
         lines.append(f"skipped {len(m['skipped'])} unusable files:")
         lines.extend(f"  {s['reason']}" for s in m["skipped"])
     return "\n".join(lines)
+
+
+def _png(figure: Figure) -> bytes:
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
 
 
 def _confusion_png(evaluation: Evaluation) -> bytes:
@@ -202,10 +223,35 @@ def _confusion_png(evaluation: Evaluation) -> bytes:
     )
     accuracy = evaluation.metrics["accuracy"]
     axes.set_title(f"accuracy {accuracy:.1%}" if accuracy is not None else "confusion matrix")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    return buffer.getvalue()
+    return _png(figure)
+
+
+def coverage_png(confidence: np.ndarray, correct: np.ndarray, threshold: float | None = None, title: str = "") -> bytes:
+    """The accuracy-versus-coverage curve as a PNG, the model's threshold marked."""
+    from matplotlib.figure import Figure  # bare, as for the confusion matrix
+
+    coverage, accuracy, thresholds = coverage_curve(confidence, correct)
+    figure = Figure(figsize=(5, 4))
+    axes = figure.add_subplot()
+    axes.plot(coverage, accuracy, color="tab:blue")
+    if threshold is not None and len(coverage):
+        answered = int(np.sum(thresholds >= threshold))
+        if answered:
+            axes.scatter(
+                [coverage[answered - 1]],
+                [accuracy[answered - 1]],
+                color="tab:red",
+                zorder=3,
+                label=f"threshold {threshold:.2f}: {coverage[answered - 1]:.0%} answered",
+            )
+            axes.legend(loc="lower left")
+    axes.set_xlabel("coverage (share of known-artist paintings answered)")
+    axes.set_ylabel("accuracy of the answered ones")
+    axes.set_xlim(0, 1.02)
+    axes.set_ylim(max(0.0, float(accuracy.min()) - 0.05) if len(accuracy) else 0, 1.005)
+    axes.grid(alpha=0.3)
+    axes.set_title(title or "accuracy versus coverage")
+    return _png(figure)
 
 
 def _coverage_png(evaluation: Evaluation) -> bytes:
@@ -221,12 +267,17 @@ def write_report(evaluation: Evaluation, directory: str | Path) -> dict[str, str
     """Writes predictions.csv, metrics.json, confusion.png and coverage.png into `directory`; returns their paths."""
     rows = io.StringIO()
     writer = csv.writer(rows)
-    writer.writerow(["path", "true", "predicted", *evaluation.classes])
-    for path, truth, predicted, probabilities in zip(
-        evaluation.paths, evaluation.truths, evaluation.predictions, evaluation.probabilities, strict=True
+    writer.writerow(["path", "true", "predicted", "answer", *evaluation.classes])
+    for path, truth, predicted, answer, probabilities in zip(
+        evaluation.paths,
+        evaluation.truths,
+        evaluation.predictions,
+        evaluation.answers,
+        evaluation.probabilities,
+        strict=True,
     ):
         writer.writerow(
-            [path, truth if truth is not None else "unknown", predicted, *(f"{p:.6f}" for p in probabilities)]
+            [path, truth if truth is not None else "unknown", predicted, answer, *(f"{p:.6f}" for p in probabilities)]
         )
     files = {
         "predictions": (storage.join(str(directory), "predictions.csv"), rows.getvalue().encode()),

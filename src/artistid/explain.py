@@ -4,8 +4,8 @@ The class score of the trained head is traced back to the backbone's last convol
 regions raised the score of the named artist. With multi-layer "style statistics" features (the best preset) the
 map follows the pooled, last-layer part of the features, which is the part with spatial meaning.
 
-    png = explain_image(model, "starry.jpg")          # the painting with its heat map, as PNG bytes
-    heat = grad_cam(model, "starry.jpg")              # the map itself, values in [0, 1]
+    explanation = grad_cam(model, "starry.jpg")       # .heat: the map, values in [0, 1]; .artist, .probability
+    png = explanation.png()                           # the painting with its heat map, as PNG bytes
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     View = Callable[[torch.Tensor], torch.Tensor]
 
-__all__ = ["Explanation", "explain_image", "grad_cam"]
+__all__ = ["Explanation", "grad_cam"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,8 @@ def grad_cam(model: Model, image: ImageInput, artist: str | None = None, *, name
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     classes = [str(c) for c in model.classes_]
+    if artist is not None and artist not in classes:  # "Claude Monet", as shown, for the class Claude_Monet
+        artist = {c.replace("_", " "): c for c in classes}.get(artist, artist)
     if artist is not None and artist not in classes:
         raise ArtistIdError(f"unknown artist {artist!r}: this model knows {', '.join(classes)}")
     pixels = np.array(load_image(image, model.preprocess, name=name))  # a writable copy, as torch wants
@@ -139,8 +141,3 @@ def _display_picture(image: ImageInput, name: str | None = None) -> np.ndarray:
     picture = picture.copy()
     picture.thumbnail((DISPLAY_SIZE, DISPLAY_SIZE), Image.Resampling.BILINEAR)
     return np.asarray(picture, dtype=np.uint8)
-
-
-def explain_image(model: Model, image: ImageInput, artist: str | None = None) -> bytes:
-    """The painting with its Grad-CAM heat map for `artist` (default: the top artist), as PNG bytes."""
-    return grad_cam(model, image, artist).png()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 import warnings
@@ -27,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from artistid.datasets import is_image_name
 from artistid.errors import ExportError, ImageError
-from artistid.images import is_image_name, load_image
+from artistid.features import pixel_normalization
+from artistid.images import load_image
 from artistid.onnx_model import (
     INPUT_NAME,
     METADATA_KEY,
@@ -37,14 +38,14 @@ from artistid.onnx_model import (
     OUTPUT_NAME,
     OnnxModel,
 )
-from artistid.storage import file_sha256
+from artistid.storage import file_sha256, write_bytes_atomic
 
 if TYPE_CHECKING:
     from torch import nn
 
     from artistid.model import Model
 
-__all__ = ["ExportReport", "check_parity", "export_onnx", "pipeline_module", "sample_pixels"]
+__all__ = ["ExportReport", "export_onnx", "pipeline_module", "sample_pixels"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +78,11 @@ def pipeline_module(model: Model) -> nn.Module:
     class Pipeline(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            preprocess = model.preprocess
             self.extract = model.backbone  # not an nn.Module: its network is registered below
             self.network = model.backbone.network
-            self.register_buffer("mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
-            self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+            mean, std = pixel_normalization(model.preprocess)
+            self.register_buffer("mean", mean)
+            self.register_buffer("std", std)
             self.register_buffer("weight", torch.as_tensor(np.asarray(model.head.coef_, dtype=np.float32)))
             self.register_buffer("bias", torch.as_tensor(np.asarray(model.head.intercept_, dtype=np.float32)))
             self.temperature = float(getattr(model.head, "temperature_", 1.0))
@@ -126,17 +127,6 @@ def _fp32_reference(model: Model, pixels: np.ndarray) -> tuple[np.ndarray, np.nd
     return probabilities, model.head.predict_proba(features)
 
 
-def check_parity(onnx_model: OnnxModel, model: Model, pixels: np.ndarray, tolerance: float = TOLERANCE) -> float:
-    """Largest probability difference between ONNX Runtime and the PyTorch fp32 pipeline; raises ExportError if
-    an artist differs or the difference is over `tolerance`."""
-    expected, _ = _fp32_reference(model, pixels)
-    return _compare(onnx_model.predict_pixels(pixels), expected, tolerance, _onnx_vs_torch(onnx_model.path, pixels))
-
-
-def _onnx_vs_torch(name: str, pixels: np.ndarray) -> str:
-    return f"{name}: ONNX Runtime disagrees with PyTorch (fp32) on {len(pixels)} sample images"
-
-
 def _compare(actual: np.ndarray, expected: np.ndarray, tolerance: float, disagreement: str) -> float:
     """The largest difference; raises ExportError starting with `disagreement` if an artist differs or it is over."""
     if actual.shape != expected.shape:
@@ -151,7 +141,8 @@ def _compare(actual: np.ndarray, expected: np.ndarray, tolerance: float, disagre
     return diff
 
 
-def _metadata(model: Model, source: str | None, pixels_checked: int, diff: float) -> dict[str, Any]:
+def _metadata(model: Model, source: str | None, pixels_checked: int) -> dict[str, Any]:
+    """The file's metadata; the parity check's result, `max_abs_diff`, is filled in once it is known."""
     meta = model.to_metadata()
     return {
         "format": ONNX_FORMAT,
@@ -178,7 +169,7 @@ def _metadata(model: Model, source: str | None, pixels_checked: int, diff: float
             "sha256": file_sha256(source) if source and Path(source).is_file() else None,
             "precision": model.extractor.precision,
         },
-        "parity": {"images": pixels_checked, "max_abs_diff": diff, "reference": "PyTorch fp32"},
+        "parity": {"images": pixels_checked, "max_abs_diff": None, "reference": "PyTorch fp32"},
         "versions": meta.get("versions", {}),
         "exported": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -205,13 +196,6 @@ def _trace_to_onnx(model: Model, example: np.ndarray, path: str) -> None:
         )
 
 
-def _run_onnx(path: str, pixels: np.ndarray) -> np.ndarray:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    return session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
-
-
 def export_onnx(
     model: Model,
     output: str | Path,
@@ -233,24 +217,23 @@ def export_onnx(
         tolerance,
         f"{source or 'model'}: the export pipeline disagrees with the model's own head on {len(pixels)} sample images",
     )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".partial", dir=output.parent)
-    os.close(handle)
-    try:
-        _trace_to_onnx(model, pixels[:2], partial)
-        diff = _compare(_run_onnx(partial, pixels), expected, tolerance, _onnx_vs_torch(str(output), pixels))
-        graph = onnx.load(partial)
+    metadata = _metadata(model, source, len(pixels))
+    with tempfile.TemporaryDirectory(prefix="artistid-export-") as scratch:
+        traced = Path(scratch) / output.name
+        _trace_to_onnx(model, pixels[:2], str(traced))
+        graph = onnx.load(traced)
         onnx.checker.check_model(graph)
-        onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps(_metadata(model, source, len(pixels), diff))})
-        onnx.save(graph, partial)
-        OnnxModel.load(partial)  # reads back as `artistid serve` will
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(partial, 0o666 & ~umask)  # mkstemp made it private; the result is an ordinary file
-        os.replace(partial, output)
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
+        onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps(metadata)})
+        onnx.save(graph, traced)
+        diff = _compare(
+            OnnxModel.load(traced).predict_pixels(pixels),  # read back as `artistid serve` will
+            expected,
+            tolerance,
+            f"{output}: ONNX Runtime disagrees with PyTorch (fp32) on {len(pixels)} sample images",
+        )
+    metadata["parity"]["max_abs_diff"] = diff
+    onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps(metadata)})
+    write_bytes_atomic(output, graph.SerializeToString())
     bf16_diff = None
     if model.extractor.precision == "bf16":
         bf16_diff = float(np.abs(model.head.predict_proba(model.extractor(pixels)) - expected).max())

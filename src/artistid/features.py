@@ -38,8 +38,10 @@ __all__ = [
     "FeatureCache",
     "FeatureExtractor",
     "FeatureSet",
+    "decode_workers",
     "default_cache_dir",
     "featurize",
+    "pixel_normalization",
     "read_and_decode",
 ]
 
@@ -64,12 +66,26 @@ def _bf16_is_native() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def pixel_normalization(
+    preprocess: Preprocess, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation on the uint8 scale, shaped (1, 3, 1, 1): (pixels - mean) / std normalizes NCHW."""
+    import torch
+
+    def per_channel(values: tuple[float, float, float]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
+
+    return per_channel(preprocess.mean), per_channel(preprocess.std)
+
+
 class FeatureExtractor:
     """Runs a frozen backbone on batches of decoded images (uint8, NHWC), on CUDA when present."""
 
     def __init__(self, backbone: Backbone, *, device: str = "auto", precision: Precision = "auto") -> None:
         import torch
 
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16; got {precision!r}")
         self.backbone = backbone
         self.device = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
@@ -82,8 +98,7 @@ class FeatureExtractor:
         self.precision: Literal["fp32", "bf16"] = precision  # type: ignore[assignment]
         self.preprocess: Preprocess = backbone.preprocess
         backbone.network.to(self.device, memory_format=torch.channels_last)
-        self._mean = torch.tensor(self.preprocess.mean, device=self.device).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(self.preprocess.std, device=self.device).view(1, 3, 1, 1) * 255
+        self._mean, self._std = pixel_normalization(self.preprocess, self.device)
 
     def identity(self) -> str:
         """Everything a vector depends on besides the image's content: part of the cache key."""
@@ -124,15 +139,18 @@ class FeatureCache:
 
     def __init__(self, directory: str | Path | None = None) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / "features-v1.sqlite"
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, dim INTEGER, vector BLOB)")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha TEXT)"
-        )
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, dim INTEGER, vector BLOB)")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, sha TEXT)"
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise ArtistIdError(f"{self.path}: unusable feature cache ({exc})") from None
 
     def close(self) -> None:
         self._db.close()
@@ -312,7 +330,9 @@ def read_and_decode(index: int, path: str, preprocess: Preprocess, storage_optio
 class _DecodeDataset:
     """A map-style dataset for torch's DataLoader: decoding happens in its worker processes."""
 
-    def __init__(self, jobs: list[tuple[int, str]], preprocess: Preprocess, storage_options: dict[str, Any] | None):
+    def __init__(
+        self, jobs: list[tuple[int, str]], preprocess: Preprocess, storage_options: dict[str, Any] | None
+    ) -> None:
         self.jobs, self.preprocess, self.storage_options = jobs, preprocess, storage_options
 
     def __len__(self) -> int:
@@ -343,22 +363,29 @@ def _decoded_batches(
     yield from loader
 
 
-def _default_workers(paths: Sequence[str]) -> int:
-    """Decoding processes for these files: one per two cores, or one per core for large scans.
+def decode_workers() -> int:
+    """Decoding processes for ordinary files: one per two cores, at most four.
 
     Pillow's reduced-size JPEG decoding costs a fraction of the forward pass for ordinary files, so one decoder per
-    two cores keeps the model fed while it uses every core; multi-megabyte scans make decoding the bottleneck, and
-    then every core decodes (bench/featurize.py: 4000x3000 JPEGs 25 -> 32 images/s on two cores).
+    two cores keeps the model fed while it uses every core.
     """
-    cores = os.cpu_count() or 2
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def _default_workers(paths: Sequence[str]) -> int:
+    """Decoding processes for these files: `decode_workers()`, or one per core for large scans.
+
+    Multi-megabyte scans make decoding the bottleneck, and then every core decodes (bench/featurize.py: 4000x3000
+    JPEGs 25 -> 32 images/s on two cores).
+    """
     sizes = []
     for path in paths[:: max(1, len(paths) // 64)]:
         if storage.is_local(path):
             with contextlib.suppress(OSError):
                 sizes.append(os.stat(storage.local_path(path)).st_size)
     if sizes and statistics.median(sizes) > LARGE_FILE_BYTES:
-        return cores
-    return max(1, min(4, cores // 2))
+        return os.cpu_count() or 2
+    return decode_workers()
 
 
 def featurize(

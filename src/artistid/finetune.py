@@ -220,7 +220,7 @@ def finetune(
     import torch
     from torch.utils.data import DataLoader
 
-    from artistid.features import FeatureExtractor
+    from artistid.features import FeatureExtractor, decode_workers
 
     settings = settings or FinetuneSettings()
     settings.check()
@@ -252,7 +252,7 @@ def finetune(
         PaintingCrops(labelled, classes, extractor.preprocess, settings.crop_scale),
         batch_size=settings.batch_size,
         shuffle=True,
-        num_workers=max(1, min(4, (os.cpu_count() or 2) // 2)) if workers is None else workers,
+        num_workers=decode_workers() if workers is None else workers,
         collate_fn=_collate,
         generator=torch.Generator().manual_seed(settings.seed),
     )
@@ -275,8 +275,6 @@ def finetune(
         first_epoch, history = int(state["epoch"]), list(state["history"])
         logger.info("resuming after epoch %d from %s", first_epoch, checkpoint)
 
-    mean = torch.tensor(extractor.preprocess.mean, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(extractor.preprocess.std, device=device).view(1, 3, 1, 1) * 255
     for epoch in range(first_epoch, settings.epochs):
         network.train()
         for module in network.modules():  # frozen layers keep their ImageNet batch-norm statistics
@@ -288,8 +286,7 @@ def finetune(
         for pixels, labels in loader:
             if len(labels) == 0:
                 continue
-            batch = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float()
-            batch = ((batch - mean) / std).contiguous(memory_format=torch.channels_last)
+            batch = extractor.to_input(pixels)
             targets = torch.from_numpy(labels).to(device)
             with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
                 logits = head(network(batch).float())
@@ -322,11 +319,9 @@ def finetune(
 
     network.eval().cpu()
     tuned = Backbone(backbone.spec, network, ("pooled",), "avg", _weights_digest(network))
-    artist_head = ArtistHead()
-    artist_head.classes_ = np.asarray(classes, dtype=object)
-    artist_head.coef_ = head.weight.detach().float().cpu().numpy()
-    artist_head.intercept_ = head.bias.detach().float().cpu().numpy()
-    artist_head.n_features_in_ = dimension
+    artist_head = ArtistHead.from_layer(
+        classes, head.weight.detach().float().cpu().numpy(), head.bias.detach().float().cpu().numpy()
+    )
     info: dict[str, Any] = {"training": {"finetune": settings.to_dict(), "history": history, "n_train": len(labelled)}}
     model = Model(tuned, artist_head, precision=extractor.precision, info=info)
     if held_out:

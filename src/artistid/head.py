@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from artistid.calibration import softmax
 
 __all__ = ["SOLVERS", "ArtistHead", "parse_lr_schedule"]
 
@@ -83,6 +86,16 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
         self.solver = solver
         self.standardize = standardize
         self.max_iter = max_iter
+
+    @classmethod
+    def from_layer(cls, classes: Sequence[str], coef: np.ndarray, intercept: np.ndarray, **params: Any) -> ArtistHead:
+        """A fitted head from a trained linear layer: `coef` (classes, features) and `intercept` (classes,)."""
+        head = cls(**params)
+        head.classes_ = np.asarray(classes, dtype=object)
+        head.coef_ = np.asarray(coef, dtype=np.float32)
+        head.intercept_ = np.asarray(intercept, dtype=np.float32)
+        head.n_features_in_ = int(head.coef_.shape[1])
+        return head
 
     def _check_params(self) -> list[tuple[float, int | None]]:
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
@@ -240,10 +253,7 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         # A temperature fitted on validation data (calibration) softens or sharpens the scores; 1.0 leaves them.
-        scores = self._scores(X) / getattr(self, "temperature_", 1.0)
-        scores = scores - scores.max(axis=1, keepdims=True)
-        exp = np.exp(scores)
-        return exp / exp.sum(axis=1, keepdims=True)
+        return softmax(self._scores(X), getattr(self, "temperature_", 1.0))
 
     def predict(self, X: Any) -> np.ndarray:
         scores = self._scores(X)

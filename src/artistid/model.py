@@ -144,11 +144,13 @@ class Model:
         try:
             state = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
             backbone = rebuild_backbone(meta["backbone"], Preprocess.from_dict(meta["preprocess"]), state)
-            head = ArtistHead(**meta["head"]["params"])
-            head.classes_ = np.asarray(meta["classes"], dtype=object)
-            head.coef_ = tensors["head.weight"].float().numpy()
-            head.intercept_ = tensors["head.bias"].float().numpy()
-            head.n_features_in_ = int(meta["head"]["n_features"])
+            weight, bias = tensors["head.weight"].float().numpy(), tensors["head.bias"].float().numpy()
+            if weight.shape != (len(meta["classes"]), meta["head"]["n_features"]) or bias.shape != weight.shape[:1]:
+                raise ValueError(
+                    f"{len(meta['classes'])} classes of {meta['head']['n_features']} features, but a head of shape "
+                    f"{weight.shape} + {bias.shape}"
+                )
+            head = ArtistHead.from_layer(meta["classes"], weight, bias, **meta["head"]["params"])
             head.temperature_ = float(meta.get("calibration", {}).get("temperature", 1.0))
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{uri}: model file is inconsistent ({type(exc).__name__}: {exc})") from None

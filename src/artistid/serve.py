@@ -17,16 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources import files as package_files
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import quote
 
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -40,6 +43,9 @@ from artistid.errors import ArtistIdError, ImageError, ModelFileError, NotAnImag
 from artistid.images import Preprocess, load_image
 from artistid.onnx_model import OnnxModel
 from artistid.storage import file_sha256
+
+if TYPE_CHECKING:
+    from artistid.explain import Explanation
 
 __all__ = [
     "DEFAULT_MAX_UPLOAD_MB",
@@ -89,8 +95,8 @@ class ServedModel:
     label_for: Callable[[np.ndarray], str]
     preprocess: Preprocess
     info: ModelInfo
-    # (image bytes, name, artist or None) -> PNG of the Grad-CAM heat map; needs gradients, so PyTorch only.
-    explain: Callable[[bytes, str, str | None], bytes] | None = None
+    # (image bytes, name, artist or None) -> the Grad-CAM heat map; needs gradients, so PyTorch only.
+    explain: Callable[[bytes, str, str | None], Explanation] | None = None
 
 
 def runtime_for(path: str | Path, runtime: str | None = None) -> Runtime:
@@ -157,11 +163,11 @@ def _load_torch(path: Path) -> ServedModel:
         with network_lock:
             return model.head.predict_proba(model.extractor(pixels))
 
-    def explain(data: bytes, name: str, artist: str | None) -> bytes:
+    def explain(data: bytes, name: str, artist: str | None) -> Explanation:
         from artistid.explain import grad_cam
 
         with network_lock:
-            return grad_cam(model, data, artist, name=name).png()
+            return grad_cam(model, data, artist, name=name)
 
     return ServedModel(predict, model.label_for, model.preprocess, info, explain)
 
@@ -217,6 +223,20 @@ class Health(BaseModel):
 
 class ErrorDetail(BaseModel):
     detail: str
+
+
+def _validation_message(exc: RequestValidationError, content_type: str) -> str:
+    """One line, as for every other bad input, instead of FastAPI's list of error objects."""
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][-1]) if error.get("loc") else "request"
+        if error.get("type") == "missing" and error.get("loc", ("",))[0] == "body":
+            problems.append(f"no {field!r} field: send the images as multipart/form-data, field {field!r}")
+        else:
+            problems.append(f"{field}: {error['msg']}")
+    if not content_type.startswith("multipart/form-data") and any("multipart" in p for p in problems):
+        problems.append(f"(this request was {content_type or 'without a content type'})")
+    return "; ".join(problems)
 
 
 # --- bad input -------------------------------------------------------------------------------------------------
@@ -306,6 +326,7 @@ def create_app(
         version=_version(),
         lifespan=lifespan,
         docs_url=None,  # served below from the installed Swagger UI: the default page loads it from a CDN
+        redoc_url=None,  # ReDoc comes only from a CDN, which offline machines cannot reach
     )
     app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 1e6))
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
@@ -325,17 +346,27 @@ def create_app(
     async def artistid_error(request: Request, exc: ArtistIdError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=_status_for(exc))
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message = _validation_message(exc, request.headers.get("content-type", ""))
+        return JSONResponse({"detail": message}, status_code=422)
+
     bad_input: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorDetail, "description": "A malformed request (a form with over 1,000 parts...)."},
         413: {"model": ErrorDetail, "description": "Upload over the size limit, or too many files."},
         415: {"model": ErrorDetail, "description": "A file is not an image."},
-        422: {"model": ErrorDetail, "description": "An image cannot be decoded (truncated, decompression bomb...)."},
+        422: {
+            "model": ErrorDetail,
+            "description": "An image cannot be decoded (truncated, decompression bomb...), no file was sent, "
+            "or a parameter is out of range.",
+        },
     }
 
     @app.post("/v1/predict", response_model=PredictResponse, responses=bad_input)
     async def predict(
         request: Request,
         files: Annotated[list[UploadFile], File(description="One or more images of paintings.")],
-        top_k: Annotated[int, Query(ge=1, le=100, description="How many artists to list per image.")] = 3,
+        top_k: Annotated[int, Query(ge=1, description="How many artists to list per image (at most all).")] = 3,
     ) -> PredictResponse:
         """Names the artist of each uploaded painting."""
         if len(files) > MAX_FILES:
@@ -362,28 +393,41 @@ def create_app(
     @app.post(
         "/v1/explain",
         response_class=Response,
-        responses={200: {"content": {"image/png": {}}, "description": "The painting with its heat map."},
-                   501: {"model": ErrorDetail, "description": "The ONNX runtime cannot explain."}, **bad_input},
-    )  # fmt: skip
+        responses={
+            200: {
+                "content": {"image/png": {}},
+                "description": "The painting with its heat map. The `X-Artist` header names the artist explained "
+                "(percent-encoded), "
+                "`X-Probability` gives its probability.",
+            },
+            400: {"model": ErrorDetail, "description": "An artist the model does not know."},
+            501: {"model": ErrorDetail, "description": "The ONNX runtime cannot explain."},
+            **{status: bad_input[status] for status in (413, 415, 422)},
+        },
+    )
     async def explain(
         request: Request,
         file: Annotated[UploadFile, File(description="One image of a painting.")],
-        artist: Annotated[str | None, Query(description="Explain this artist's score (default: the top one).")] = None,
+        artist: Annotated[
+            str | None, Query(description="Explain this artist's score, named as in `classes` (default: the top one).")
+        ] = None,
     ) -> Response:
         """Where the model looked: a Grad-CAM heat map over the painting, as PNG."""
         model: ServedModel = request.app.state.model
         if model.explain is None:
             raise HTTPException(501, "explanations need gradients: serve the model file on the torch runtime")
         name = file.filename or "file"
-        png = await run_in_threadpool(model.explain, await file.read(), name, artist)
-        return Response(png, media_type="image/png")
+        explanation = await run_in_threadpool(model.explain, await file.read(), name, artist)
+        # Percent-encoded: HTTP headers are Latin-1 and an artist's folder name may not be.
+        headers = {"X-Artist": quote(explanation.artist), "X-Probability": f"{explanation.probability:.6f}"}
+        return Response(await run_in_threadpool(explanation.png), media_type="image/png", headers=headers)
 
     @app.get("/v1/model", response_model=ModelInfo)
     def model_info(request: Request) -> ModelInfo:
         """The model being served: its classes, backbone, preprocessing and training metrics."""
         return request.app.state.model.info
 
-    @app.get("/healthz", response_model=Health)
+    @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health)
     def healthz(request: Request) -> Health:
         stats = request.app.state.batcher.stats
         return Health(
@@ -410,6 +454,19 @@ def _version() -> str:
         return "0"
 
 
+def _check_port_free(host: str, port: int) -> None:
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ArtistIdError(f"cannot listen on {host}: {exc.strerror or exc}; choose another --host") from None
+    try:
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        raise ArtistIdError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port") from None
+
+
 def serve(
     model_path: str | Path,
     *,
@@ -423,5 +480,6 @@ def serve(
     """Runs the service on uvicorn until interrupted."""
     import uvicorn
 
+    _check_port_free(host, port)  # before the model loads, which can take seconds
     app = create_app(model_path, runtime=runtime, max_upload_mb=max_upload_mb, max_batch=max_batch)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)

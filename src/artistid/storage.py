@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import random
-import tempfile
+import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -217,7 +217,9 @@ def write_bytes_atomic(
     if is_local(uri):
         target = local_path(uri)
         target.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        # Not tempfile.mkstemp, whose file is private (0600): the result is an ordinary file, 0666 less the umask.
+        temporary = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         try:
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(data)
@@ -225,7 +227,7 @@ def write_bytes_atomic(
                 os.fsync(handle.fileno())
             os.replace(temporary, target)
         except BaseException:
-            Path(temporary).unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
             raise
         return
     fs, path = url_to_fs(uri, storage_options)

@@ -3,15 +3,33 @@
 
 const $ = (id) => document.getElementById(id);
 const pretty = (name) => name.replaceAll("_", " ");
+const percent = (probability) => `${(probability * 100).toFixed(1)}%`;
 let classes = [];
+let threshold = null;
 let canExplain = false;
-let current = null; // the painting on show: its file, and the object URLs of the picture and its heat map
+// The painting on show: its file, the object URLs of the picture and its heat map, and its prediction. Replies are
+// checked against it after every wait, so a slow answer about an earlier painting never lands on a later one.
+let current = null;
+
+async function errorMessage(response) {
+  // The service answers {"detail": "..."}; a proxy in front of it may answer with HTML or plain text.
+  const text = await response.text();
+  try {
+    const body = JSON.parse(text);
+    if (typeof body.detail === "string") return body.detail;
+  } catch {
+    // not JSON: fall through to the status
+  }
+  return `the service answered ${response.status} ${response.statusText}`.trim();
+}
 
 async function loadModel() {
   try {
     const response = await fetch("/v1/model");
+    if (!response.ok) throw new Error(await errorMessage(response));
     const info = await response.json();
     classes = info.classes;
+    threshold = info.threshold;
     canExplain = info.model.runtime === "torch"; // heat maps need gradients: not on the ONNX runtime
     $("classes").textContent = classes.map(pretty).join(", ");
     const accuracy = info.metrics && info.metrics.accuracy;
@@ -20,10 +38,10 @@ async function loadModel() {
       `backbone ${info.model.backbone}`,
       `${info.model.runtime} (${info.model.precision})`,
     ];
-    if (typeof accuracy === "number") parts.push(`test accuracy ${(accuracy * 100).toFixed(1)}% on ${info.metrics.n} paintings`);
+    if (typeof accuracy === "number") parts.push(`test accuracy ${percent(accuracy)} on ${info.metrics.n} paintings`);
     $("model").textContent = parts.join(" · ");
   } catch (err) {
-    showError(`cannot reach the service: ${err}`);
+    showError(`cannot read the model from the service: ${err.message}`);
   }
 }
 
@@ -35,22 +53,28 @@ function showError(message) {
 
 function showPrediction(prediction) {
   $("error").hidden = true;
+  const closest = prediction.top_k[0];
   const artist = $("artist");
-  artist.textContent = prediction.artist === "unknown" ? "an artist the model does not know" : pretty(prediction.artist);
   artist.dataset.artist = prediction.artist;
-  $("confidence").textContent = `probability ${(prediction.probability * 100).toFixed(1)}%`;
+  if (prediction.artist === "unknown") {
+    artist.textContent = "an artist the model does not know";
+    const needed = typeof threshold === "number" ? `, under the ${percent(threshold)} it needs to name an artist` : "";
+    $("confidence").textContent = `closest: ${pretty(closest.artist)} at ${percent(closest.probability)}${needed}`;
+  } else {
+    artist.textContent = pretty(prediction.artist);
+    $("confidence").textContent = `probability ${percent(prediction.probability)}`;
+  }
   const chart = $("chart");
   chart.replaceChildren();
   for (const score of prediction.top_k) {
     const row = document.createElement("div");
-    row.className = "bar" + (score.artist === prediction.top_k[0].artist ? " best" : "");
+    row.className = "bar" + (score.artist === closest.artist ? " best" : "");
     row.setAttribute("role", "listitem");
     row.dataset.artist = score.artist;
-    const percent = (score.probability * 100).toFixed(1);
     row.innerHTML = '<span class="name"></span><span class="track"><span class="fill"></span></span><span class="value"></span>';
     row.querySelector(".name").textContent = pretty(score.artist);
     row.querySelector(".fill").style.width = `${Math.max(score.probability * 100, 0.5)}%`;
-    row.querySelector(".value").textContent = `${percent}%`;
+    row.querySelector(".value").textContent = percent(score.probability);
     chart.append(row);
   }
   $("answer").hidden = false;
@@ -58,72 +82,113 @@ function showPrediction(prediction) {
   button.hidden = !canExplain;
   button.textContent = "Where did it look?";
   button.disabled = false;
+  $("explain-error").hidden = true;
+}
+
+function showView(view) {
+  const preview = $("preview");
+  preview.src = view === "heat" ? current.heat : current.picture;
+  preview.dataset.view = view;
+  $("explain").textContent = view === "heat" ? "Show the painting" : "Where did it look?";
+  const note = $("view-note");
+  note.hidden = view !== "heat";
+  if (view === "heat") note.textContent = `Red: where the model looked for ${pretty(current.prediction.top_k[0].artist)}.`;
 }
 
 async function toggleExplanation() {
+  const shown = current;
   const button = $("explain");
-  const preview = $("preview");
-  if (current.heat && preview.src === current.heat) {
-    preview.src = current.picture;
-    preview.dataset.view = "painting";
-    button.textContent = "Where did it look?";
+  if ($("preview").dataset.view === "heat") {
+    showView("painting");
     return;
   }
-  if (!current.heat) {
+  if (!shown.heat) {
     button.disabled = true;
     button.textContent = "Looking…";
-    const form = new FormData();
-    form.append("file", current.file, current.file.name);
-    const response = await fetch("/v1/explain", { method: "POST", body: form });
+    $("explain-error").hidden = true;
+    let failure = null;
+    try {
+      const form = new FormData();
+      form.append("file", shown.file, shown.file.name);
+      const artist = encodeURIComponent(shown.prediction.top_k[0].artist);
+      const response = await fetch(`/v1/explain?artist=${artist}`, { method: "POST", body: form });
+      if (response.ok) {
+        const heat = URL.createObjectURL(await response.blob());
+        if (current === shown) shown.heat = heat;
+        else URL.revokeObjectURL(heat);
+      } else {
+        failure = await errorMessage(response);
+      }
+    } catch (err) {
+      failure = `cannot reach the service: ${err.message}`;
+    }
+    if (current !== shown) return;
     button.disabled = false;
-    if (!response.ok) {
-      const body = await response.json();
-      showError(typeof body.detail === "string" ? body.detail : `the service answered ${response.status}`);
+    if (failure) {
+      button.textContent = "Where did it look?";
+      $("explain-error").textContent = failure; // the prediction stays on show
+      $("explain-error").hidden = false;
       return;
     }
-    current.heat = URL.createObjectURL(await response.blob());
   }
-  preview.src = current.heat;
-  preview.dataset.view = "heat";
-  button.textContent = "Show the painting";
+  showView("heat");
+}
+
+function forget(painting) {
+  URL.revokeObjectURL(painting.picture);
+  if (painting.heat) URL.revokeObjectURL(painting.heat);
 }
 
 async function identify(file) {
+  if (current) forget(current);
+  const shown = { file, picture: URL.createObjectURL(file), heat: null, prediction: null };
+  current = shown;
   const preview = $("preview");
-  if (current) {
-    URL.revokeObjectURL(current.picture);
-    if (current.heat) URL.revokeObjectURL(current.heat);
-  }
-  current = { file, picture: URL.createObjectURL(file), heat: null };
-  preview.src = current.picture;
-  preview.dataset.view = "painting";
+  $("nopreview").hidden = true;
+  $("view-note").hidden = true;
   preview.hidden = false;
+  showView("painting");
   $("prompt").hidden = true;
   $("again").hidden = false;
   $("status").textContent = `Looking at ${file.name}…`;
   $("answer").hidden = true;
+  $("error").hidden = true;
   const form = new FormData();
   form.append("files", file, file.name);
   try {
-    const response = await fetch(`/v1/predict?top_k=${Math.max(classes.length, 1)}`, { method: "POST", body: form });
-    const body = await response.json();
-    if (!response.ok) {
-      $("status").textContent = file.name;
+    // Every artist's bar: the service lists no more than the model knows.
+    const response = await fetch(`/v1/predict?top_k=${classes.length || 1000}`, { method: "POST", body: form });
+    const failure = response.ok ? null : await errorMessage(response);
+    const body = response.ok ? await response.json() : null;
+    if (current !== shown) return;
+    $("status").textContent = file.name;
+    if (failure) {
       preview.hidden = true; // the browser may not be able to show it either
+      $("nopreview").hidden = true;
       $("prompt").hidden = false;
-      showError(typeof body.detail === "string" ? body.detail : `the service answered ${response.status}`);
+      showError(failure);
       return;
     }
-    $("status").textContent = file.name;
-    showPrediction(body.predictions[0]);
+    shown.prediction = body.predictions[0];
+    showPrediction(shown.prediction);
   } catch (err) {
-    showError(`cannot reach the service: ${err}`);
+    if (current !== shown) return;
+    $("status").textContent = file.name;
+    showError(`cannot reach the service: ${err.message}`);
   }
 }
 
 function setup() {
   const drop = $("drop");
+  const preview = $("preview");
   $("explain").addEventListener("click", toggleExplanation);
+  // Browsers show few formats (TIFF, say, not at all) that the model reads; say so rather than show a blank.
+  preview.addEventListener("error", () => {
+    if (!current || preview.hidden || !$("prompt").hidden) return;
+    preview.hidden = true;
+    $("nopreview").textContent = `This browser cannot show ${current.file.name}; the model reads it all the same.`;
+    $("nopreview").hidden = false;
+  });
   $("file").addEventListener("change", (event) => {
     if (event.target.files.length) identify(event.target.files[0]);
   });
