@@ -133,6 +133,8 @@ def test_validation_split_and_bad_options(demo_data: Path, tmp_path: Path, cache
     assert code == 0 and "val accuracy" in out and "validated on 60" in out
     code, _, err = _run("train", str(demo_data), "-o", str(tmp_path / "m.safetensors"), "--lr", "fast")
     assert code == 2 and "learning-rate schedule" in err
+    code, _, err = _run("train", str(demo_data), "-o", str(tmp_path / "m.safetensors"), "--patience", "2")
+    assert code == 2 and "set val_fraction (--val-fraction) too" in err
     code, _, err = _run("train", str(tmp_path / "nowhere"), "-o", str(tmp_path / "m.safetensors"))
     assert code == 1 and "no such file or folder" in err
 

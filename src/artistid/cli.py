@@ -898,6 +898,8 @@ def export(
     _check_output(onnx)
     model = Model.load(model_path)
     images = [s.path for s in list_images(check_images)] if check_images else None
+    if check_images and not images:
+        raise ArtistIdError(f"{' '.join(check_images)}: no images found for --check-images")
     report = export_onnx(model, onnx, check_images=images, tolerance=tolerance, source=model_path)
     if as_json:
         _print_json(report.to_dict())

@@ -112,7 +112,8 @@ def sample_pixels(model: Model, images: Sequence[str] | None = None, limit: int 
         except ImageError as exc:
             logger.warning("parity check skips %s", exc)
     if not pixels:
-        raise ExportError(f"no usable image to check the export with (tried {len(paths)}): pass --check-images")
+        advice = "pass other images with --check-images" if images else "pass some with --check-images"
+        raise ExportError(f"no usable image to check the export with (tried {len(paths)}): {advice}")
     return np.stack(pixels)
 
 

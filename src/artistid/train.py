@@ -69,6 +69,8 @@ class TrainSettings:
     false_rejection: float = DEFAULT_FALSE_REJECTION  # share of known-artist paintings the threshold may reject
 
     def head(self) -> ArtistHead:
+        if self.patience is not None and not self.val_fraction:
+            raise ValueError("patience stops on the validation loss: set val_fraction (--val-fraction) too")
         return ArtistHead(
             epochs=self.epochs,
             batch_size=self.batch_size,
