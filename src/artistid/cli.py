@@ -560,7 +560,7 @@ def evaluate_command(
 @handle_errors
 def predict(
     model_path: Annotated[str, typer.Argument(metavar="MODEL", help="Model file.")],
-    paths: Annotated[list[str], typer.Argument(metavar="PATH...", help="Image files or folders (URIs work too).")],
+    paths: Annotated[list[str], typer.Argument(metavar="PATH", help="Image files or folders (URIs work too).")],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many artists to list per image.")] = 1,
     strict: Annotated[bool, typer.Option(help="Exit with status 1 if any file could not be used.")] = False,
     cache_dir: CacheDir = None,
