@@ -59,6 +59,18 @@ def test_a_reused_model_is_measured_on_the_test_set_as_it_is_now(
     assert report["metrics"]["accuracy"] < trained - 0.2
 
 
+def test_an_artist_whose_every_image_is_unusable_stops_training(
+    demo_data: Path, tmp_path: Path, cache_dir: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(demo_data / "Train", data)
+    for painting in (data / "Rembrandt").iterdir():
+        painting.write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    code, _, err = _run("train", str(data), "-o", str(tmp_path / "m.safetensors"), "--cache-dir", str(cache_dir))
+    assert code == 1 and err.startswith("artistid: error: Rembrandt: none of its 80 images could be used (first: ")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 def test_outputs_and_inputs_that_cannot_work_fail_at_once_in_one_line(
     demo_data: Path, demo_model_path: Path, tmp_path: Path, cache_dir: Path
 ) -> None:

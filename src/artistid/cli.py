@@ -95,7 +95,7 @@ StorageOption = Annotated[
     typer.Option("--storage-option", help="key=value passed to the storage backend (repeatable)."),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars and no warnings (errors still show).")]
 Backbone = Annotated[str, typer.Option("--backbone", help="Backbone name (see `artistid backbones`).")]
 Weights = Annotated[
     Path | None, typer.Option("--weights", help="Weights file for the backbone instead of its published ones.")

@@ -176,10 +176,10 @@ def format_report(evaluation: Evaluation) -> str:
                 f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  {row['support']:7d}"
             )
         lines.append("confusion matrix (rows: true artist, columns: predicted)")
-        short = [c[:12] for c in classes]
-        lines.append(" " * (width + 2) + "  ".join(f"{s:>12}" for s in short))
+        column = min(width, 16)  # ten artists still fit a wide terminal
+        lines.append(" " * (width + 2) + "  ".join(f"{c[:column]:>{column}}" for c in classes))
         for name, row in zip(classes, m["confusion_matrix"], strict=True):
-            lines.append(f"{name:<{width}}  " + "  ".join(f"{v:>12d}" for v in row))
+            lines.append(f"{name:<{width}}  " + "  ".join(f"{v:>{column}d}" for v in row))
     else:
         lines.append("no images of known artists to measure accuracy on")
     if m["unknown"]["n"]:

@@ -273,7 +273,20 @@ def train(
     features = featurize(
         labelled, extractor, cache=cache, workers=workers, storage_options=storage_options, progress=progress
     )
+    _check_every_artist_kept(labelled, features)
     return _result(backbone, extractor, features, settings, data_fingerprint(labelled, settings), features.seconds)
+
+
+def _check_every_artist_kept(labelled: Sequence[Sample], features: FeatureSet) -> None:
+    """A model that silently leaves out an artist whose every file was unusable would answer for the others."""
+    lost = sorted({str(s.label) for s in labelled} - {str(label) for label in features.labels})
+    if lost:
+        artist = lost[0]
+        files = [s.path for s in labelled if s.label == artist]
+        reasons = dict(features.errors)
+        raise ArtistIdError(
+            f"{artist}: none of its {len(files)} images could be used (first: {reasons.get(files[0], 'unreadable')})"
+        )
 
 
 def train_from_features(features: FeatureSet, settings: TrainSettings | None = None) -> TrainResult:
