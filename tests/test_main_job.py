@@ -88,6 +88,9 @@ def test_outputs_and_inputs_that_cannot_work_fail_at_once_in_one_line(
     only_train = tmp_path / "only-train"
     shutil.copytree(demo_data / "Train", only_train / "Train")
     cases[("evaluate", str(demo_model_path), str(only_train))] = "has a Train/ folder but no Test/ folder"
+    one_artist = tmp_path / "one-artist"
+    shutil.copytree(demo_data / "Train" / "Claude_Monet", one_artist / "Claude_Monet")
+    cases[("train", str(one_artist), "-o", str(tmp_path / "m.safetensors"))] = "found 1 (Claude_Monet)"
     for args, message in cases.items():
         code, _, err = _run(*args, "--cache-dir", str(cache_dir)) if args[0] != "explain" else _run(*args)
         if not message:

@@ -228,7 +228,8 @@ def finetune(
     classes = sorted({str(s.label) for s in labelled})
     labelled, held_out = _split(labelled, settings.val_fraction, settings.seed, len(classes))
     if len(classes) < 2:
-        raise ArtistIdError(f"fine-tuning needs images of at least two artists; found {len(classes)}")
+        found = f"{len(classes)} ({', '.join(classes)})" if classes else "none"
+        raise ArtistIdError(f"fine-tuning needs images of at least two artists; found {found}")
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
     backbone = create_backbone(settings.backbone, weights=settings.weights, input_size=settings.image_size)

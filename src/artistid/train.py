@@ -170,7 +170,8 @@ def fit_head(features: FeatureSet, settings: TrainSettings) -> tuple[ArtistHead,
     labels = np.asarray(features.labels, dtype=object)
     classes = sorted(set(labels.tolist()))
     if len(classes) < 2:
-        raise ArtistIdError(f"training needs images of at least two artists; found {len(classes)}")
+        found = f"{len(classes)} ({', '.join(map(str, classes))})" if classes else "none"
+        raise ArtistIdError(f"training needs images of at least two artists; found {found}")
     train_rows, val_rows = split_validation(features, settings.val_fraction, settings.seed)
     head = settings.head().fit(
         features.features[train_rows],
