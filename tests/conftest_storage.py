@@ -52,6 +52,7 @@ class FaultyHTTPServer:
         self.requests: Counter[tuple[str, str]] = Counter()
         self.stall_seconds = 3.0
         self.latency = 0.0  # seconds before every answer, to stand in for a distant server
+        self.send_length = True  # False: no Content-Length, the body ends when the connection closes
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -97,7 +98,10 @@ class FaultyHTTPServer:
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
+                if owner.send_length:
+                    self.send_header("Content-Length", str(len(body)))
+                else:
+                    self.close_connection = True
                 self.end_headers()
                 if method == "HEAD":
                     return

@@ -62,6 +62,10 @@ def test_malformed_manifest_lines_are_reported_with_their_numbers() -> None:
         parse_manifest("http://h/a.jpg Train/A a.jpg\nhttp://h/b.jpg Train/B\nonly-one-field\n", "m.txt")
     with pytest.raises(SourceError, match=r"m\.txt:2: same target 'Train/A/a.jpg' as line 1"):
         parse_manifest("http://h/a.jpg Train/A a.jpg\nhttp://h/c.jpg Train/A/ a.jpg\n", "m.txt")
+    with pytest.raises(SourceError, match=r"m\.txt:2: same target 'Train/A/A.JPG' as line 1"):
+        parse_manifest("http://h/a.jpg Train/A a.jpg\nhttp://h/c.jpg Train/A A.JPG\n", "m.txt")
+    with pytest.raises(SourceError, match=r"m\.txt:2: its folder is line 1's file 'Train/A/a.jpg'"):
+        parse_manifest("http://h/a.jpg Train/A a.jpg\nhttp://h/c.jpg Train/A/a.jpg b.jpg\n", "m.txt")
     with pytest.raises(SourceError, match="lists no files"):
         parse_manifest("# nothing\n\n", "m.txt")
 
@@ -166,6 +170,20 @@ def _manifest_for(server: FaultyHTTPServer, tmp_path: Path, count: int) -> tuple
     manifest = tmp_path / "manifest.txt"
     manifest.write_text("\n".join(lines) + "\n")
     return manifest, expected
+
+
+def test_a_file_already_there_is_fetched_again_when_the_server_gives_no_size(
+    http_server: FaultyHTTPServer, tmp_path: Path
+) -> None:
+    manifest, expected = _manifest_for(http_server, tmp_path, 2)
+    http_server.send_length = False
+    cut_short = tmp_path / "data" / "Train/A/painting 0.jpg"
+    cut_short.parent.mkdir(parents=True)
+    cut_short.write_bytes(expected["Train/A/painting 0.jpg"][:1000])  # left by an earlier, broken copy
+    report = fetch(str(manifest), tmp_path / "data", workers=2, progress=False)
+    assert (sorted(report.fetched), report.skipped, report.failed) == (sorted(expected), [], [])
+    for name, data in expected.items():
+        assert (tmp_path / "data" / name).read_bytes() == data
 
 
 def test_transient_http_faults_are_retried_until_every_file_is_whole(

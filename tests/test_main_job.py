@@ -189,7 +189,8 @@ def test_evaluate_report_with_unknown_artists_and_bad_files(
 def test_map_files_train_and_evaluate(demo_data: Path, tmp_path: Path, cache_dir: Path) -> None:
     lines = [f"{p.relative_to(demo_data)}\t{p.parent.name}" for p in sorted((demo_data / "Train").glob("*/*.jpg"))]
     train_map = tmp_path / "train.map"
-    train_map.write_text("\n".join(f"{demo_data}/{line}" for line in lines) + "\n")
+    # With the byte-order mark that Windows editors write first.
+    train_map.write_text("\ufeff" + "\n".join(f"{demo_data}/{line}" for line in lines) + "\n")
     test_lines = [f"{p}\t{p.parent.name}" for p in sorted((demo_data / "Test").glob("*/*.jpg"))]
     other = next((demo_data / "Train" / "Rembrandt").glob("*.jpg"))
     test_map = tmp_path / "test.map"
@@ -197,6 +198,7 @@ def test_map_files_train_and_evaluate(demo_data: Path, tmp_path: Path, cache_dir
     output = tmp_path / "map.safetensors"
     code, _, _ = _run("train", str(train_map), "-o", str(output), "--cache-dir", str(cache_dir), "-q")
     assert code == 0
+    assert Model.load(output).info["training"]["skipped"] == 0  # the first line too, despite the mark
     code, out, _ = _run("evaluate", str(output), str(test_map), "--json", "--cache-dir", str(cache_dir))
     assert code == 0
     metrics = json.loads(out)

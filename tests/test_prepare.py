@@ -86,6 +86,40 @@ def test_a_painting_under_two_artists_stays_in_train(tmp_path: Path) -> None:
     assert check_leaks(str(tmp_path / "data")).leaks == 0
 
 
+def test_prepare_refuses_a_map_file_and_a_dataset_already_split(tmp_path: Path) -> None:
+    files = {f"{artist}/{i}.jpg": make_jpeg(60 + 10 * n + i) for n, artist in enumerate("AB") for i in range(3)}
+    _write(tmp_path / "raw", files)
+    (tmp_path / "raw.map").write_text("".join(f"raw/{name}\t{name[0]}\n" for name in files))
+    with pytest.raises(SourceError, match=r"raw\.map: a file; prepare takes a folder of artist folders"):
+        prepare(str(tmp_path / "raw.map"), tmp_path / "out")
+    prepare(str(tmp_path / "raw"), tmp_path / "data")
+    with pytest.raises(SourceError, match="already split into Train/ and Test/"):
+        prepare(str(tmp_path / "data"), tmp_path / "again")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "again").exists()
+
+
+def test_an_interrupted_prepare_leaves_no_dataset_behind(tmp_path: Path, monkeypatch) -> None:
+    files = {f"{artist}/{i}.jpg": make_jpeg(80 + 10 * n + i) for n, artist in enumerate("AB") for i in range(5)}
+    _write(tmp_path / "raw", files)
+    writes = 0
+    write_bytes_atomic = storage.write_bytes_atomic
+
+    def interrupted_after_three(*args: object, **kwargs: object) -> None:
+        nonlocal writes
+        writes += 1
+        if writes > 3:
+            raise KeyboardInterrupt
+        write_bytes_atomic(*args, **kwargs)
+
+    monkeypatch.setattr(storage, "write_bytes_atomic", interrupted_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(str(tmp_path / "raw"), tmp_path / "data")
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["raw"]  # no half dataset, no staging folder left over
+    report = prepare(str(tmp_path / "raw"), tmp_path / "data")  # and the run can simply be made again
+    assert report.kept == 10 and len(_visible(tmp_path / "data")) == 11
+
+
 def test_check_finds_copies_across_train_and_test_of_any_artist(tmp_path: Path) -> None:
     monet, gogh = make_jpeg(1, size=(400, 300)), make_jpeg(2, size=(400, 300))
     _write(

@@ -86,7 +86,7 @@ def _map_file(fs: Any, path: str, original: str) -> tuple[list[Sample], list[str
         raise SourceError(f"{original}: an image, not a dataset folder or map file")
     base = path.rsplit("/", 1)[0] if "/" in path else ""
     samples: list[Sample] = []
-    with fs.open(path, "rt", encoding="utf-8") as handle:
+    with fs.open(path, "rt", encoding="utf-8-sig") as handle:  # -sig: Windows editors start with a byte-order mark
         try:
             lines = list(handle)
         except UnicodeDecodeError:

@@ -137,7 +137,8 @@ def parse_manifest(text: str, source: str) -> list[FetchItem]:
             continue
         uri, folder, filename = fields
         target = f"{folder.rstrip('/')}/{filename}"
-        key = str(PurePosixPath(target.replace("\\", "/")))
+        # Names that differ only in case are one file on macOS and Windows.
+        key = str(PurePosixPath(target.replace("\\", "/"))).lower()
         if key in first_line_of:
             problems.append(f"{origin}: same target {target!r} as line {first_line_of[key]}")
             continue
@@ -145,7 +146,14 @@ def parse_manifest(text: str, source: str) -> list[FetchItem]:
         if "://" not in uri and not uri.startswith("/"):
             uri = storage.join(base, uri)
         items.append(FetchItem(uri=uri, target=target, origin=origin))
+    items_by_line = {int(item.origin.rsplit(":", 1)[1]): item for item in items}
+    for key, number in first_line_of.items():
+        for folder in PurePosixPath(key).parents:
+            if str(folder) in first_line_of:
+                line = first_line_of[str(folder)]
+                problems.append(f"{source}:{number}: its folder is line {line}'s file {items_by_line[line].target!r}")
     if problems:
+        problems.sort(key=lambda problem: int(problem.removeprefix(f"{source}:").split(":")[0]))
         more = f" (and {len(problems) - 1} more bad lines)" if len(problems) > 1 else ""
         raise SourceError(problems[0] + more)
     if not items:
@@ -230,8 +238,11 @@ def _file_md5(path: Path) -> str:
 
 
 def _is_complete(target: Path, size: int | None, md5: str | None) -> bool:
-    """A file already there counts as complete when it matches the store's size and, where known, MD5."""
-    if not target.is_file():
+    """A file already there counts as complete when it matches the store's size and, where known, MD5.
+
+    With neither known (a server that sends no Content-Length) nothing can vouch for it: it is fetched again.
+    """
+    if not target.is_file() or (size is None and md5 is None):
         return False
     if size is not None and target.stat().st_size != size:
         return False
@@ -310,7 +321,7 @@ def fetch(
     Raises SourceError before copying anything when SOURCE cannot be read or a manifest line is bad or unsafe.
     """
     if workers < 1:
-        raise SourceError(f"workers must be 1 or more; got {workers}")
+        raise ValueError(f"workers must be 1 or more; got {workers}")
     root = Path(to)
     items = plan_fetch(source, storage_options, retry=retry, timeout=timeout)
     for item in items:

@@ -12,6 +12,8 @@ import io
 import json
 import logging
 import os
+import shutil
+import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -216,13 +218,17 @@ def prepare(
     another artist goes to Train, never Test, so no copy crosses the split. Writes `prepare-report.json`.
     """
     if not 0 <= test_fraction < 1:
-        raise SourceError(f"test fraction must be in [0, 1); got {test_fraction}")
+        raise ValueError(f"test fraction must be in [0, 1); got {test_fraction}")
     destination = Path(to)
     for split in ("Train", "Test"):
         if (destination / split).exists() and any((destination / split).iterdir()):
             raise SourceError(f"{destination / split}: already holds files; give an empty or new folder")
-    samples, classes = load_split(raw, storage_options)
     fs, root = storage.url_to_fs(raw, storage_options)
+    if fs.isfile(root):
+        raise SourceError(f"{raw}: a file; prepare takes a folder of artist folders, as scraped")
+    if any(fs.isdir(f"{root.rstrip('/')}/{split}") for split in ("Train", "Test", "train", "test")):
+        raise SourceError(f"{raw}: already split into Train/ and Test/ (`artistid check` looks for leaks in it)")
+    samples, classes = load_split(raw, storage_options)
     unlabelled = [s for s in samples if s.label is None]
     if unlabelled:
         logger.warning("%s: %d images outside artist folders are left out", raw, len(unlabelled))
@@ -251,24 +257,40 @@ def prepare(
             train_only.update((kept[i].path, kept[j].path))
             report.cross_artist_copies.append({"a": kept[i].path, "b": kept[j].path, "phash": p, "dhash": d})
 
-    rng = np.random.default_rng(seed)
-    for name in classes:
-        members = sorted((h for h in kept if h.label == name), key=lambda h: h.path)
-        free = [h for h in members if h.path not in train_only]
-        to_test = _split(len(free), test_fraction, rng)
-        test_paths = {h.path for h, is_test in zip(free, to_test, strict=True) if is_test}
-        counts = Counter("test" if h.path in test_paths else "train" for h in members)
-        report.per_class[name] = {"train": counts["train"], "test": counts["test"]}
-        for image in members:
-            split = "Test" if image.path in test_paths else "Train"
-            relative = fs._strip_protocol(image.path)[len(root.rstrip("/")) :].lstrip("/")
-            target = destination / split / relative
-            storage.write_bytes_atomic(target, storage.read_bytes(image.path, storage_options))
+    # Built beside the destination and moved in at the end: an interrupted run leaves no dataset that looks whole.
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=_existing_parent(destination)))
+    try:
+        rng = np.random.default_rng(seed)
+        for name in classes:
+            members = sorted((h for h in kept if h.label == name), key=lambda h: h.path)
+            free = [h for h in members if h.path not in train_only]
+            to_test = _split(len(free), test_fraction, rng)
+            test_paths = {h.path for h, is_test in zip(free, to_test, strict=True) if is_test}
+            counts = Counter("test" if h.path in test_paths else "train" for h in members)
+            report.per_class[name] = {"train": counts["train"], "test": counts["test"]}
+            for image in members:
+                split = "Test" if image.path in test_paths else "Train"
+                relative = fs._strip_protocol(image.path)[len(root.rstrip("/")) :].lstrip("/")
+                target = staging / split / relative
+                storage.write_bytes_atomic(target, storage.read_bytes(image.path, storage_options))
+        destination.mkdir(parents=True, exist_ok=True)
+        for split in ("Train", "Test"):
+            if (staging / split).exists():
+                os.replace(staging / split, destination / split)  # over an empty folder, if any
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     report.kept = len(kept)
     report.groups.sort(key=lambda g: (g["artist"], g["kept"]))
     storage.write_bytes_atomic(destination / REPORT_NAME, json.dumps(asdict(report), indent=2).encode())
     logger.info("prepare %s -> %s: %s", raw, destination, report.summary())
     return report
+
+
+def _existing_parent(path: Path) -> Path:
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    return parent
 
 
 # ---------------------------------------------------------------------------------------------- check
