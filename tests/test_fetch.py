@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from conftest_storage import FaultyHTTPServer, make_jpeg
 
 from artistid import storage
 from artistid.errors import SourceError
-from artistid.fetch import fetch, parse_manifest, safe_target
+from artistid.fetch import DEAD_STORE_FAILURES, fetch, parse_manifest, safe_target
 
 FAST = storage.RetryPolicy(attempts=4, base_delay=0.05, max_delay=0.2)
 
@@ -233,6 +234,19 @@ def test_persistent_and_permanent_failures_are_reported_not_raised(
     assert http_server.requests[("GET", "img/2.jpg")] + http_server.requests[("HEAD", "img/2.jpg")] <= 2
     assert sorted(_visible_files(destination)) == ["Train/A/painting 0.jpg"]
     assert not list(destination.rglob(".*.part"))
+
+
+def test_a_store_that_is_down_is_given_up_on_after_a_run_of_failures(tmp_path: Path) -> None:
+    with socket.socket() as closed:  # a port nothing listens on: every connection is refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    manifest = tmp_path / "manifest.txt"
+    manifest.write_text("".join(f"http://127.0.0.1:{port}/{i}.jpg Train/A {i}.jpg\n" for i in range(100)))
+    report = fetch(str(manifest), tmp_path / "data", workers=2, retry=FAST, progress=False)
+    assert (report.fetched, report.skipped, len(report.failed)) == ([], [], 100)
+    not_tried = [reason for _, reason in report.failed if "not tried" in reason]
+    assert len(not_tried) >= 100 - DEAD_STORE_FAILURES - 2  # at most one more in flight per worker
+    assert "the last 16 files failed in a row; the store looks down" in not_tried[0]
 
 
 def test_an_interrupted_fetch_leaves_no_half_file_and_a_rerun_completes_it(

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_WORKERS = 8
 # Seconds without a byte before an HTTP read counts as stalled and is retried (aiohttp's default: 5 min).
 DEFAULT_TIMEOUT = 60.0
+DEAD_STORE_FAILURES = 16  # transient failures in a row (at least two per worker) after which fetch stops trying
 _CHUNK = 1 << 20
 _PART_SUFFIX = ".part"
 
@@ -306,6 +307,14 @@ def _record(report: FetchReport, item: FetchItem, future: Future[int | None]) ->
             report.bytes_fetched += got
 
 
+def _give_up(report: FetchReport, futures: dict[Future[int | None], FetchItem], why: str) -> None:
+    """Cancels the downloads not yet started and reports each as failed, with the reason."""
+    logger.error("fetch: %s: not trying the rest", why)
+    for future, item in futures.items():
+        if future.cancel():
+            report.failed.append((item.target, f"{item.uri}: not tried: {why}"))
+
+
 def fetch(
     source: str,
     to: str | Path,
@@ -332,12 +341,21 @@ def fetch(
         raise SourceError(f"{root}: cannot create the destination folder: {exc.strerror or exc}") from None
     report = FetchReport()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fetch")
+    # A store that is down fails every file only after all its retries: once this many in a row have, stop.
+    give_up_after = max(DEAD_STORE_FAILURES, 2 * workers)
+    failing = 0
     try:
         futures = {pool.submit(_fetch_one, item, root, storage_options, retry, timeout): item for item in items}
         with tqdm(total=len(items), unit="file", desc="fetch", disable=not progress) as bar:
             for future in as_completed(futures):
-                _record(report, futures[future], future)
                 bar.update()
+                if future.cancelled():  # reported by _give_up
+                    continue
+                _record(report, futures[future], future)
+                error = future.exception()
+                failing = failing + 1 if error is not None and storage.is_transient(error) else 0
+                if failing == give_up_after:
+                    _give_up(report, futures, f"the last {failing} files failed in a row; the store looks down")
     finally:
         # On Ctrl-C, drop the queued downloads instead of running them all before exiting.
         pool.shutdown(wait=True, cancel_futures=True)
