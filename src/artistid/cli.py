@@ -59,9 +59,7 @@ def _check_output(target: str | Path, kind: Literal["file", "folder", "any"] = "
         raise ArtistIdError(f"{target}: is a folder; give a file name")
     if kind == "folder" and path.exists() and not path.is_dir():
         raise ArtistIdError(f"{target}: is a file; give a folder")
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
+    parent = storage.existing_parent(path)
     if not parent.is_dir():
         raise ArtistIdError(f"{target}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK):

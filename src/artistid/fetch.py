@@ -125,38 +125,36 @@ def parse_manifest(text: str, source: str) -> list[FetchItem]:
     """
     base = _base_of(source)
     items: list[FetchItem] = []
-    problems: list[str] = []
-    first_line_of: dict[str, int] = {}
+    problems: list[tuple[int, str]] = []  # (line number, what is wrong with it)
+    claimed: dict[str, tuple[int, str]] = {}  # target, lower-cased -> (its line, the target as written)
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
         fields = stripped.split(maxsplit=2)
-        origin = f"{source}:{number}"
         if len(fields) != 3:
-            problems.append(f"{origin}: expected 'URI DIR FILENAME', got {stripped!r}")
+            problems.append((number, f"expected 'URI DIR FILENAME', got {stripped!r}"))
             continue
         uri, folder, filename = fields
         target = f"{folder.rstrip('/')}/{filename}"
         # Names that differ only in case are one file on macOS and Windows.
         key = str(PurePosixPath(target.replace("\\", "/"))).lower()
-        if key in first_line_of:
-            problems.append(f"{origin}: same target {target!r} as line {first_line_of[key]}")
+        if key in claimed:
+            problems.append((number, f"same target {target!r} as line {claimed[key][0]}"))
             continue
-        first_line_of[key] = number
+        claimed[key] = (number, target)
         if "://" not in uri and not uri.startswith("/"):
             uri = storage.join(base, uri)
-        items.append(FetchItem(uri=uri, target=target, origin=origin))
-    items_by_line = {int(item.origin.rsplit(":", 1)[1]): item for item in items}
-    for key, number in first_line_of.items():
+        items.append(FetchItem(uri=uri, target=target, origin=f"{source}:{number}"))
+    for key, (number, _) in claimed.items():
         for folder in PurePosixPath(key).parents:
-            if str(folder) in first_line_of:
-                line = first_line_of[str(folder)]
-                problems.append(f"{source}:{number}: its folder is line {line}'s file {items_by_line[line].target!r}")
+            if str(folder) in claimed:
+                line, file = claimed[str(folder)]
+                problems.append((number, f"its folder is line {line}'s file {file!r}"))
     if problems:
-        problems.sort(key=lambda problem: int(problem.removeprefix(f"{source}:").split(":")[0]))
+        number, problem = min(problems)
         more = f" (and {len(problems) - 1} more bad lines)" if len(problems) > 1 else ""
-        raise SourceError(problems[0] + more)
+        raise SourceError(f"{source}:{number}: {problem}{more}")
     if not items:
         raise SourceError(f"{source}: the manifest lists no files")
     return items

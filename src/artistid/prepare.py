@@ -258,7 +258,7 @@ def prepare(
             report.cross_artist_copies.append({"a": kept[i].path, "b": kept[j].path, "phash": p, "dhash": d})
 
     # Built beside the destination and moved in at the end: an interrupted run leaves no dataset that looks whole.
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=_existing_parent(destination)))
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.partial-", dir=storage.existing_parent(destination)))
     try:
         rng = np.random.default_rng(seed)
         for name in classes:
@@ -284,13 +284,6 @@ def prepare(
     storage.write_bytes_atomic(destination / REPORT_NAME, json.dumps(asdict(report), indent=2).encode())
     logger.info("prepare %s -> %s: %s", raw, destination, report.summary())
     return report
-
-
-def _existing_parent(path: Path) -> Path:
-    parent = path.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    return parent
 
 
 # ---------------------------------------------------------------------------------------------- check

@@ -228,13 +228,15 @@ class ErrorDetail(BaseModel):
 def _validation_message(exc: RequestValidationError, content_type: str) -> str:
     """One line, as for every other bad input, instead of FastAPI's list of error objects."""
     problems = []
+    body_missing = False
     for error in exc.errors():
         field = str(error["loc"][-1]) if error.get("loc") else "request"
         if error.get("type") == "missing" and error.get("loc", ("",))[0] == "body":
+            body_missing = True
             problems.append(f"no {field!r} field: send the images as multipart/form-data, field {field!r}")
         else:
             problems.append(f"{field}: {error['msg']}")
-    if not content_type.startswith("multipart/form-data") and any("multipart" in p for p in problems):
+    if body_missing and not content_type.startswith("multipart/form-data"):
         problems.append(f"(this request was {content_type or 'without a content type'})")
     return "; ".join(problems)
 

@@ -150,6 +150,14 @@ def local_path(uri: str | Path) -> Path:
     return Path(text[len("file://") :] if text.startswith("file://") else text)
 
 
+def existing_parent(path: Path) -> Path:
+    """The nearest folder above `path` that exists (where a new file or folder at `path` would be created)."""
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    return parent
+
+
 def url_to_fs(uri: str | Path, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
     try:
         return fsspec.core.url_to_fs(str(uri), **(storage_options or {}))
