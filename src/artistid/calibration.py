@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from artistid.answers import UNKNOWN
+
 __all__ = [
     "DEFAULT_FALSE_REJECTION",
     "Calibration",
@@ -32,9 +34,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_FALSE_REJECTION = 0.02  # below the 3% users accept, leaving room for the noise of a small validation set
-
-
-UNKNOWN = "unknown"  # what a model answers below its rejection threshold
 
 
 def name_artist(probabilities: np.ndarray, classes: Sequence[str], threshold: float | None) -> str:
