@@ -26,7 +26,9 @@ def test_below_the_threshold_is_unknown_with_the_closest_artist_as_a_hint() -> N
 
 def test_not_a_painting_comes_before_unknown() -> None:
     rules = RefusalRules(threshold=0.5, painting_threshold=0.3, other_threshold=0.6)
-    answers = decide(PROBABILITIES, CLASSES, rules, painting_scores=np.array([0.9, 0.1]), other_scores=np.array([0.7, 0]))
+    answers = decide(
+        PROBABILITIES, CLASSES, rules, painting_scores=np.array([0.9, 0.1]), other_scores=np.array([0.7, 0])
+    )
     assert [a.artist for a in answers] == [UNKNOWN, NOT_A_PAINTING]
     assert all(a.refused for a in answers)
 
