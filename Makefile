@@ -27,8 +27,11 @@ $(TEST_STAMP): $(STAMP) scripts/install-test-deps.sh
 demo: setup
 	$(BIN)/artistid demo
 
+# The layering contracts (pyproject.toml [tool.importlinter]) and the type checker fail the run like a test.
 test: setup test-deps
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: setup

@@ -35,12 +35,12 @@ def measure(root: Path, name: str, cache_dir: Path) -> dict[str, object]:
         started = time.perf_counter()
         evaluation = evaluate(result.model, dataset.test, cache=cache, progress=False)
         test_seconds = time.perf_counter() - started
-    metrics, calibration = evaluation.metrics, result.model.info.get("calibration", {})
+    metrics, calibration = evaluation.metrics, result.model.card.calibration
     known = np.array([t is not None for t in evaluation.truths])
     index = {c: i for i, c in enumerate(evaluation.classes)}
     truth = np.array([index[t] for t in evaluation.truths if t is not None])
     # The probabilities before temperature scaling: softmax(T * log p) = softmax(scores).
-    temperature = float(calibration.get("temperature", 1.0))
+    temperature = calibration.temperature
     raw = softmax(np.log(np.maximum(evaluation.probabilities[known], 1e-300)) * temperature)
     return {
         "dataset": root.name,
@@ -54,7 +54,7 @@ def measure(root: Path, name: str, cache_dir: Path) -> dict[str, object]:
         "false_rejection_rate": metrics["false_rejection_rate"],
         "unknown_rejection_rate": metrics["unknown_rejection_rate"],
         "n_unknown": metrics["unknown"]["n"],
-        "validation_accuracy": calibration.get("validation_accuracy"),
+        "validation_accuracy": calibration.validation_accuracy,
         "train_seconds": train_seconds,
         "featurize_seconds": result.featurize_seconds,
         "test_seconds": test_seconds,

@@ -96,16 +96,18 @@ display(Image(filename=paths["confusion"]))""",
     ("md", "## 5. Save the model file and name the artist of a few paintings"),
     (
         "code",
-        """model.info["metrics"] = evaluation.metrics
+        """from dataclasses import replace
+
+model.card = replace(model.card, metrics=evaluation.card_metrics())  # the model card records the test metrics
 model.save(WORK / "paintings.safetensors")
 loaded = artistid.Model.load(WORK / "paintings.safetensors")
 
 examples = [s.path for s in dataset.test[:: max(1, len(dataset.test) // 4)]][:4]
-probabilities = loaded.predict_proba(examples)
+answers = loaded.answer(examples)  # the artist, or "unknown", as every surface says it
 figure, axes = plt.subplots(1, len(examples), figsize=(4 * len(examples), 4))
-for axis, path, row in zip(axes, examples, probabilities):
+for axis, path, answer in zip(axes, examples, answers):
     axis.imshow(plt.imread(path))
-    axis.set_title(f"{loaded.label_for(row)} ({row.max():.0%})\\nfile: {Path(path).parent.name}", fontsize=9)
+    axis.set_title(f"{answer.artist} ({answer.probability:.0%})\\nfile: {Path(path).parent.name}", fontsize=9)
     axis.axis("off")
 plt.show()""",
     ),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -12,15 +11,18 @@ from artistid.batching import MicroBatcher
 
 
 class SlowModel:
-    """Doubles its input; the first call blocks until released, so that later requests queue up behind it."""
+    """Doubles its input; the first call says it has started and blocks until released, so that later requests
+    queue up behind it."""
 
     def __init__(self) -> None:
         self.calls: list[int] = []
+        self.started = threading.Event()
         self.release = threading.Event()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if not self.calls:
-            self.release.wait(10)
+            self.started.set()
+            assert self.release.wait(10), "never released"
         self.calls.append(len(batch))
         return batch * 2
 
@@ -29,7 +31,7 @@ def test_requests_waiting_together_run_as_one_batch_in_order() -> None:
     model = SlowModel()
     batcher = MicroBatcher(model, max_batch=32)
     first = batcher.submit(np.array([[1.0]]))
-    time.sleep(0.05)  # the worker is now inside the first call
+    assert model.started.wait(10)  # the worker is now inside the first call
     queued = [batcher.submit(np.full((size, 1), float(i))) for i, size in enumerate([1, 2, 3, 1], start=10)]
     model.release.set()
     assert first.result(10).tolist() == [[2.0]]
@@ -44,7 +46,7 @@ def test_a_batch_never_exceeds_max_batch() -> None:
     model = SlowModel()
     batcher = MicroBatcher(model, max_batch=4)
     blocker = batcher.submit(np.zeros((1, 1)))
-    time.sleep(0.05)
+    assert model.started.wait(10)
     futures = [batcher.submit(np.zeros((3, 1))) for _ in range(3)]
     model.release.set()
     blocker.result(10)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from artistid.answers import RefusalRules
 from artistid.calibration import (
     calibrate,
     choose_threshold,
@@ -18,7 +21,6 @@ from artistid.calibration import (
     expected_calibration_error,
     fit_temperature,
     out_of_fold_scores,
-    rejection_rates,
     softmax,
 )
 from artistid.cli import app
@@ -43,7 +45,7 @@ def test_temperature_scaling_recovers_the_temperature_and_lowers_ece() -> None:
     found = calibrate(scores, targets)
     assert found.ece_after < 0.03 < found.ece_before
     assert found.nll_after < found.nll_before
-    assert found.to_dict()["temperature"] == pytest.approx(temperature)
+    assert found.temperature == pytest.approx(temperature)
 
 
 def test_expected_calibration_error_of_perfect_and_overconfident_predictions() -> None:
@@ -59,9 +61,6 @@ def test_threshold_rejects_at_most_the_chosen_share_of_known_paintings() -> None
     for share in (0.0, 0.02, 0.1):
         threshold = choose_threshold(confidence, share)
         assert np.mean(confidence < threshold) <= share
-    rates = rejection_rates(confidence, np.array([0.2, 0.35, 0.99]), choose_threshold(confidence, 0.1))
-    assert rates["false_rejection_rate"] <= 0.1
-    assert rates["unknown_rejection_rate"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="false_rejection"):
         choose_threshold(confidence, 1.5)
 
@@ -92,15 +91,21 @@ def test_out_of_fold_scores_come_from_heads_that_did_not_see_the_row() -> None:
 # --- the model file and the commands ------------------------------------------------------------------------------
 
 
-def test_training_stores_the_calibration_in_the_model_file(demo_model: Model) -> None:
-    calibration = demo_model.info["calibration"]
-    assert {"temperature", "threshold", "ece_before", "ece_after", "n"} <= set(calibration)
-    assert calibration["ece_after"] <= calibration["ece_before"] + 1e-9
-    assert demo_model.head.temperature_ == pytest.approx(calibration["temperature"])
-    assert demo_model.threshold == pytest.approx(calibration["threshold"])
+def test_training_stores_the_calibration_in_the_model_file(demo_model: Model, demo_data: Path) -> None:
+    calibration = demo_model.card.calibration
+    assert calibration.n == 240 and calibration.method.startswith("5-fold")
+    assert calibration.ece_after is not None and calibration.ece_before is not None
+    assert calibration.ece_after <= calibration.ece_before + 1e-9
+    assert calibration.temperature != 1.0
+    assert demo_model.threshold == calibration.rules.threshold
     assert 0 < demo_model.threshold < 1
-    assert demo_model.label_for(np.array([0.34, 0.33, 0.33])) == UNKNOWN
-    assert demo_model.label_for(np.array([0.0, 1.0, 0.0])) == demo_model.classes_[1]
+    # The temperature is applied once, by the model: its probabilities are the head's scores over it.
+    painting = sorted((demo_data / "Test" / "Rembrandt").glob("*.jpg"))[0]
+    scores = demo_model.head._scores(demo_model.features([painting]))
+    assert np.allclose(demo_model.predict_proba(painting), softmax(scores, calibration.temperature))
+    unsure, sure = demo_model.card.decide(np.array([[0.34, 0.33, 0.33], [0.0, 1.0, 0.0]]))
+    assert (unsure.artist, unsure.refusal, unsure.closest) == (UNKNOWN, UNKNOWN, demo_model.classes_[0])
+    assert (sure.artist, sure.refusal) == (demo_model.classes_[1], None)
 
 
 def test_evaluate_reports_rejection_rates_and_the_coverage_curve(
@@ -122,9 +127,15 @@ def test_evaluate_reports_rejection_rates_and_the_coverage_curve(
     metrics = json.loads(result.output)
     assert metrics["n"] == 12 and metrics["unknown"]["n"] == 1
     assert metrics["threshold"] == pytest.approx(Model.load(demo_model_path).threshold)
-    assert 0 <= metrics["false_rejection_rate"] <= 1
+    with open(report / "predictions.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["true"] != "unknown"]
+    classes = ["Claude_Monet", "Rembrandt", "Vincent_van_Gogh"]
+    # The rates are the shares of answers that refuse, as predict gives them (predictions.csv's "answer").
+    assert metrics["false_rejection_rate"] == pytest.approx(sum(r["answer"] == UNKNOWN for r in rows) / 12)
     assert metrics["unknown_rejection_rate"] in (0.0, 1.0)
-    assert 0 <= metrics["ece"] <= 1
+    probabilities = np.array([[float(r[c]) for c in classes] for r in rows])
+    truth = np.array([classes.index(r["true"]) for r in rows])
+    assert metrics["ece"] == pytest.approx(expected_calibration_error(probabilities, truth), abs=1e-5)
     assert metrics["coverage_curve"][-1]["coverage"] == 1.0
     assert metrics["coverage_curve"][-1]["accuracy"] == pytest.approx(metrics["accuracy"])
     with Image.open(report / "coverage.png") as plot:
@@ -136,10 +147,11 @@ def test_evaluate_reports_rejection_rates_and_the_coverage_curve(
 def test_predict_says_unknown_below_the_threshold(demo_model_path: Path, demo_data: Path, tmp_path: Path) -> None:
     from artistid.model_file import read_model_file, write_model_file
 
-    tensors, meta = read_model_file(demo_model_path)
-    meta["calibration"]["threshold"] = 1.01  # nothing is that sure: every painting is "unknown"
+    tensors, card = read_model_file(demo_model_path)
+    # Nothing is that sure: every painting is "unknown".
+    card = replace(card, calibration=replace(card.calibration, rules=RefusalRules(threshold=1.01)))
     strict = tmp_path / "strict.safetensors"
-    write_model_file(strict, tensors, {k: v for k, v in meta.items() if k not in ("format", "version")})
+    write_model_file(strict, tensors, card)
     painting = next((demo_data / "Test" / "Claude_Monet").glob("*.jpg"))
     for model_path, expected in ((strict, UNKNOWN), (demo_model_path, None)):
         result = CliRunner().invoke(app, ["predict", str(model_path), str(painting), "--json", "--no-cache"])

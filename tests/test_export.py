@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from artistid.card import card_from_dict
 from artistid.cli import app
 from artistid.errors import ExportError, ModelFileError
 from artistid.export import export_onnx, pipeline_module
@@ -41,12 +42,14 @@ def test_metadata_says_how_to_use_the_graph(demo_onnx_path: Path, demo_model, de
 
     props = {p.key: p.value for p in onnx.load(demo_onnx_path).metadata_props}
     meta = json.loads(props["artistid"])
-    assert meta["classes"] == [str(c) for c in demo_model.classes_]
-    assert meta["preprocess"] == demo_model.preprocess.to_dict()
-    assert meta["threshold"] == demo_model.threshold
+    card = card_from_dict(meta["card"])
+    assert card.classes == demo_model.card.classes
+    assert card.preprocess == demo_model.preprocess
+    assert card.rules == demo_model.card.rules and card.rules.threshold is not None
+    assert card.calibration.temperature == demo_model.card.calibration.temperature
+    assert card.precision == "fp32"  # the graph's arithmetic
     assert meta["input"]["dtype"] == "uint8" and meta["input"]["layout"] == "NHWC"
     assert meta["input"]["shape"] == ["batch", 224, 224, 3]
-    assert meta["precision"] == "fp32"
     assert meta["source_model"]["name"] == demo_model_path.name
     assert 0 <= meta["parity"]["max_abs_diff"] <= 1e-4 and meta["parity"]["images"] == 16
     graph = onnx.load(demo_onnx_path).graph

@@ -73,9 +73,10 @@ def test_finetune_checkpoints_resumes_and_makes_a_model(
     loaded = Model.load(tmp_path / "tuned.safetensors")
     assert loaded.preprocess.size == 64
     # Calibrated on the six paintings held out of training (two per artist).
-    assert model.info["calibration"]["n"] == 6 and model.info["training"]["n_train"] == 12
-    assert loaded.head.temperature_ == pytest.approx(model.info["calibration"]["temperature"])
-    assert loaded.threshold == pytest.approx(model.info["calibration"]["threshold"])
+    assert model.card.calibration.n == 6
+    assert model.card.training is not None and model.card.training.n_train == 12
+    assert model.card.training.method == "finetune"
+    assert loaded.card == model.card
     probabilities = loaded.predict_proba(few_paintings[0].path)
     assert probabilities.shape == (1, 3)
     assert torch.allclose(torch.from_numpy(probabilities), torch.from_numpy(model.predict_proba(few_paintings[0].path)))

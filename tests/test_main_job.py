@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +31,13 @@ def test_train_evaluates_reuses_and_gates(demo_data: Path, tmp_path: Path, cache
     assert code == 0
     assert "epoch 7/7" in out and "accuracy" in out and "confusion matrix" in out
     metrics = Model.load(output).metrics
-    assert metrics["n"] == 60 and metrics["accuracy"] > 0.6
+    assert metrics is not None and metrics.accuracy is not None
+    assert metrics.n == 60 and metrics.accuracy > 0.6
 
     code, out, _ = _run("train", str(demo_data), "-o", str(output), "--cache-dir", str(cache_dir), "--json")
     assert code == 0
     report = json.loads(out)
-    assert report["reused"] is True and report["metrics"]["accuracy"] == metrics["accuracy"]
+    assert report["reused"] is True and report["metrics"]["accuracy"] == metrics.accuracy
 
     code, out, err = _run("train", str(demo_data), "-o", str(output), "--cache-dir", str(cache_dir), "-q",
                           "--force", "--epochs", "3", "--min-accuracy", "0.999")  # fmt: skip
@@ -50,7 +52,7 @@ def test_a_reused_model_is_measured_on_the_test_set_as_it_is_now(
     shutil.copytree(demo_data, data)
     output = tmp_path / "model.safetensors"
     assert _run("train", str(data), "-o", str(output), "--cache-dir", str(cache_dir), "-q")[0] == 0
-    trained = Model.load(output).metrics["accuracy"]
+    trained = Model.load(output).card.metrics.accuracy  # type: ignore[union-attr]
     for painting in (data / "Test" / "Rembrandt").iterdir():  # now labelled wrongly: accuracy must fall
         painting.rename(data / "Test" / "Claude_Monet" / painting.name)
     code, out, _ = _run("train", str(data), "-o", str(output), "--cache-dir", str(cache_dir), "--json")
@@ -112,7 +114,11 @@ def test_paintings_by_other_artists_only_are_measured_by_rejection(
     assert code == 0, err
     metrics = json.loads(out)
     assert metrics["n"] == 0 and metrics["accuracy"] is None and metrics["unknown"]["n"] == 20
-    assert 0 <= metrics["unknown_rejection_rate"] <= 1 and metrics["false_rejection_rate"] is None
+    assert metrics["false_rejection_rate"] is None
+    code, out, _ = _run("predict", str(demo_model_path), str(others), "--json", "--cache-dir", str(cache_dir))
+    answers = [record["artist"] for record in json.loads(out)]
+    assert code == 0 and len(answers) == 20
+    assert metrics["unknown_rejection_rate"] == pytest.approx(answers.count("unknown") / 20)  # what predict refuses
     code, out, _ = _run("evaluate", str(demo_model_path), str(others), "--cache-dir", str(cache_dir))
     assert code == 0 and "no images of known artists" in out and "of other artists' images rejected" in out
 
@@ -166,7 +172,7 @@ def test_evaluate_report_with_unknown_artists_and_bad_files(
                         "--json", "--cache-dir", str(cache_dir))  # fmt: skip
     assert code == 0
     metrics = json.loads(out)
-    assert metrics["n"] == 60 and 0 <= metrics["accuracy"] <= 1 and metrics["top2_accuracy"] >= metrics["accuracy"]
+    assert metrics["n"] == 60 and metrics["top2_accuracy"] >= metrics["accuracy"]
     assert metrics["unknown"]["n"] == 1
     assert [s["path"] for s in metrics["skipped"]] == [str(test / "Claude_Monet" / "broken.jpg")]
     assert set(metrics["per_class"]) == {"Claude_Monet", "Rembrandt", "Vincent_van_Gogh"}
@@ -177,6 +183,8 @@ def test_evaluate_report_with_unknown_artists_and_bad_files(
     assert len(rows) == 61
     assert set(rows[0]) == {"path", "true", "predicted", "answer", "Claude_Monet", "Rembrandt", "Vincent_van_Gogh"}
     assert [r["true"] for r in rows].count("unknown") == 1
+    known = [r for r in rows if r["true"] != "unknown"]
+    assert metrics["accuracy"] == pytest.approx(sum(r["predicted"] == r["true"] for r in known) / 60)
     threshold = metrics["threshold"]
     for row in rows:  # "answer" is what predict says: the top artist, or "unknown" below the threshold
         top = max(float(row[c]) for c in ("Claude_Monet", "Rembrandt", "Vincent_van_Gogh"))
@@ -198,7 +206,8 @@ def test_map_files_train_and_evaluate(demo_data: Path, tmp_path: Path, cache_dir
     output = tmp_path / "map.safetensors"
     code, _, _ = _run("train", str(train_map), "-o", str(output), "--cache-dir", str(cache_dir), "-q")
     assert code == 0
-    assert Model.load(output).info["training"]["skipped"] == 0  # the first line too, despite the mark
+    training = Model.load(output).card.training
+    assert training is not None and training.skipped == 0  # the first line too, despite the mark
     code, out, _ = _run("evaluate", str(output), str(test_map), "--json", "--cache-dir", str(cache_dir))
     assert code == 0
     metrics = json.loads(out)
@@ -237,7 +246,10 @@ def test_model_file_round_trip_and_python_api(demo_model: Model, demo_model_path
     probabilities = demo_model.predict_proba(inputs)
     assert probabilities.shape == (4, 3) and np.allclose(probabilities.sum(1), 1)
     assert np.allclose(probabilities, probabilities[0], atol=1e-6)  # every input form gives the same answer
-    assert demo_model.predict(painting)[0] in demo_model.classes_
+    (answer,) = demo_model.answer(painting, top_k=3)
+    assert list(demo_model.predict(painting)) == [answer.artist]
+    assert answer.closest == "Claude_Monet" and answer.artist in ("Claude_Monet", "unknown")
+    assert answer.top_k[0][0] == answer.closest and len(answer.top_k) == 3
 
     copy = tmp_path / "copy.safetensors"
     demo_model.save(copy)
@@ -254,15 +266,14 @@ def test_broken_model_files_give_one_clear_error(demo_model_path: Path, tmp_path
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(2)}, tmp_path / "other.safetensors")
-    future = data.replace(b'\\"version\\": 1', b'\\"version\\": 9', 1)
+    future = data.replace(b'\\"version\\": 2', b'\\"version\\": 9', 1)
     (tmp_path / "future.safetensors").write_bytes(future)
     expectations = {"truncated": "truncated", "random": "not an artistid model file",
                     "other": "not an artistid model file", "future": "version 9 is not supported"}  # fmt: skip
     from artistid.model_file import read_model_file, write_model_file
 
-    tensors, meta = read_model_file(demo_model_path)
-    meta = {k: v for k, v in meta.items() if k not in ("format", "version")}
-    write_model_file(tmp_path / "mislabelled.safetensors", tensors, {**meta, "classes": meta["classes"][:2]})
+    tensors, card = read_model_file(demo_model_path)
+    write_model_file(tmp_path / "mislabelled.safetensors", tensors, replace(card, classes=card.classes[:2]))
     expectations["mislabelled"] = "inconsistent .*2 classes"
     for name, message in expectations.items():
         with pytest.raises(ModelFileError, match=message):

@@ -17,7 +17,7 @@ from artistid.cli import app
 from artistid.errors import ArtistIdError
 from artistid.head import ArtistHead
 from artistid.model import Model
-from artistid.model_file import read_metadata
+from artistid.model_file import read_card
 from artistid.train import PRESETS, TrainSettings, preset
 
 
@@ -81,14 +81,16 @@ def test_best_preset_trains_from_the_command_line(demo_data: Path, tmp_path: Pat
     typed = ["--calibration-folds", "3", "--false-rejection", "0.1", "--cache-dir", str(cache_dir)]
     result = CliRunner().invoke(app, [*command, *typed])
     assert result.exit_code == 0, result.output
-    settings = read_metadata(output)["training"]["settings"]
+    training = read_card(output).training
+    assert training is not None
+    settings = training.settings
     assert settings["image_size"] == 256 and settings["calibration_folds"] == 3  # typed: overrides
     assert settings["solver"] == "lbfgs" and settings["pooling"] == "meanstd"  # not typed: from the preset
     model = Model.load(output)
     assert model.preprocess.size == 256
     assert model.head.n_features_in_ > 1280  # pooled features plus the style statistics of every block
-    assert model.info["calibration"]["method"].startswith("3-fold")
-    assert model.info["calibration"]["target_false_rejection"] == 0.1
+    assert model.card.calibration.method.startswith("3-fold")
+    assert model.card.calibration.target_false_rejection == 0.1
     painting = next((demo_data / "Test" / "Rembrandt").glob("*.jpg"))
     assert model.predict_proba(painting).shape == (1, 3)
     assert json.loads(result.output)["history"][0]["iterations"] >= 1

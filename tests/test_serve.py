@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from conftest_serve import Server
 
+from artistid.card import to_dict
+
 pytestmark = pytest.mark.timeout(300)
 
 
@@ -79,8 +81,12 @@ def test_health_model_info_and_docs(torch_server: Server, demo_model) -> None:
     assert info["model"]["runtime"] == "torch"
     assert len(info["model"]["sha256"]) == 64
     assert info["preprocess"]["size"] == 224
-    assert info["metrics"] == demo_model.metrics
-    assert info["training"] == demo_model.info["training"]
+    card = demo_model.card
+    assert info["metrics"] == to_dict(card.metrics)
+    assert info["training"] == to_dict(card.training)
+    assert info["calibration"]["temperature"] == pytest.approx(card.calibration.temperature)
+    assert info["threshold"] == info["calibration"]["rules"]["threshold"] == pytest.approx(card.rules.threshold)
+    assert info["backbone"]["weights_sha256"] == card.backbone.weights_sha256
 
     docs = httpx.get(f"{torch_server.url}/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower() and "cdn" not in docs.text
@@ -100,8 +106,10 @@ def test_predict_names_the_artist_as_the_model_does(torch_server: Server, demo_m
     assert body["model"]["name"] == "demo.safetensors"
     assert [p["filename"] for p in body["predictions"]] == [f.name for f in files]
     expected = demo_model.predict_proba(files)
-    for prediction, row in zip(body["predictions"], expected, strict=True):
-        assert prediction["artist"] == classes[int(row.argmax())]
+    answers = demo_model.answer(files)
+    for prediction, row, answer in zip(body["predictions"], expected, answers, strict=True):
+        assert prediction["artist"] == answer.artist and prediction["refusal"] == answer.refusal
+        assert prediction["closest"] == classes[int(row.argmax())]
         assert prediction["probability"] == pytest.approx(float(row.max()), abs=2e-3)
         assert np.allclose(scores(prediction, classes), row, atol=2e-3)
         ranked = [s["probability"] for s in prediction["top_k"]]
@@ -283,7 +291,7 @@ def test_explain_returns_the_heat_map_over_the_painting(torch_server: Server, de
     response = httpx.post(f"{torch_server.url}/v1/explain", files={"file": (painting.name, painting.read_bytes())})
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     top = post(torch_server, (painting.name, painting.read_bytes())).json()["predictions"][0]
-    assert response.headers["x-artist"] == top["artist"]
+    assert response.headers["x-artist"] == top["closest"]
     assert float(response.headers["x-probability"]) == pytest.approx(top["probability"], abs=2e-3)
     with Image.open(io.BytesIO(response.content)) as heat, Image.open(painting) as original:
         assert heat.width / heat.height == pytest.approx(original.width / original.height, rel=0.05)

@@ -19,14 +19,13 @@ import pytest
 from conftest_storage import FaultyHTTPServer
 from typer.testing import CliRunner
 
+from artistid import spark as spark_module
 from artistid import storage
 from artistid.backbones import create_backbone
 from artistid.cli import app
 from artistid.datasets import load_dataset
 from artistid.features import FeatureExtractor, FeatureSet, featurize
 from artistid.model import Model
-
-spark_module = pytest.importorskip("artistid.spark", reason="pip install 'artistid[spark]'", exc_type=ImportError)
 
 # PySpark 4 warns about pandas 3 on every Arrow job; the engine hands it Arrow batches, not pandas.
 pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
@@ -127,7 +126,8 @@ def test_train_accepts_spark_features_and_checks_their_identity(spark_features: 
     assert result.exit_code == 0, result.output
     model = Model.load(model_path)
     assert list(model.classes_) == ["Claude_Monet", "Rembrandt", "Vincent_van_Gogh"]
-    assert model.info["training"]["n_train"] == 3 * PER_ARTIST  # bad files skipped, the loose one unlabelled
+    assert model.card.training is not None
+    assert model.card.training.n_train == 3 * PER_ARTIST  # bad files skipped, the loose one unlabelled
 
     mismatch = runner.invoke(
         app, ["train", str(spark_features), "-o", str(tmp_path / "x.safetensors"), "--precision", "bf16"]
@@ -163,9 +163,10 @@ def test_predict_cli_names_the_same_artists_as_the_local_engine(
     predicted = {row["path"]: row for row in table}
     model = Model.load(demo_model_path)  # the default precision, as the model file says
     local = model.features_for(load_dataset(str(paintings)).samples, workers=0, progress=False)
-    probabilities = model.head.predict_proba(local.features)
-    for path, row in zip(local.paths, probabilities, strict=True):
-        assert predicted[path]["artist"] == model.label_for(row), path
+    probabilities = model.probabilities(local.features)
+    answers = model.card.decide(probabilities)
+    for path, row, answer in zip(local.paths, probabilities, answers, strict=True):
+        assert predicted[path]["artist"] == answer.artist, path
         assert predicted[path]["error"] is None
         assert len(predicted[path]["probabilities"]) == len(model.classes_)
         np.testing.assert_allclose(predicted[path]["probabilities"], row, atol=0.02)

@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from artistid.backbones import create_backbone
+from artistid.card import from_dict, to_dict
 from artistid.cli import app
 from artistid.images import Preprocess, load_image
 from artistid.model import Model
@@ -40,9 +41,9 @@ def test_preprocess_decodes_the_whole_grid_and_keys_the_cache_by_it(tmp_path: Pa
     assert load_image(painting, tiled).shape == (288, 288, 3)
     assert tiled.key() != Preprocess(size=96).key()
     assert Preprocess(size=96).key() == "decode-v1/96/stretch/(0.485, 0.456, 0.406)/(0.229, 0.224, 0.225)"
-    assert Preprocess.from_dict(tiled.to_dict()) == tiled
-    old_file = {k: v for k, v in Preprocess(size=96).to_dict().items() if k != "tiles"}
-    assert Preprocess.from_dict(old_file).tiles == 1  # model files written before tiles existed
+    assert from_dict(Preprocess, to_dict(tiled)) == tiled
+    old_file = {k: v for k, v in to_dict(Preprocess(size=96)).items() if k != "tiles"}
+    assert from_dict(Preprocess, old_file).tiles == 1  # model files written before tiles existed
     with pytest.raises(ValueError, match="tiles must be between 1 and 8"):
         Preprocess(size=512, tiles=9)
 
@@ -60,7 +61,7 @@ def test_tiled_model_trains_saves_explains_and_exports(demo_data: Path, tmp_path
     assert result.exit_code == 0, result.output
     model = Model.load(output)
     assert (model.preprocess.size, model.preprocess.tiles) == (96, 2)
-    assert model.info["training"]["settings"]["tiles"] == 2
+    assert model.card.training is not None and model.card.training.settings["tiles"] == 2
     painting = next((demo_data / "Test" / "Rembrandt").glob("*.jpg"))
     pixels = load_image(painting, model.preprocess)
     assert pixels.shape == (192, 192, 3)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 import numpy as np
 
 __all__ = ["NOT_A_PAINTING", "REFUSALS", "UNKNOWN", "Answer", "Refusal", "RefusalRules", "decide"]
 
-UNKNOWN = "unknown"
-NOT_A_PAINTING = "not_a_painting"
+UNKNOWN: Final = "unknown"
+NOT_A_PAINTING: Final = "not_a_painting"
 Refusal = Literal["unknown", "not_a_painting"]
 REFUSALS: tuple[Refusal, ...] = (UNKNOWN, NOT_A_PAINTING)
 

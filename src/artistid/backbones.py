@@ -7,6 +7,7 @@ maps a batch of normalized images to one feature vector each.
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import functools
 import importlib
@@ -15,8 +16,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
+from artistid.card import BackboneCard, Pooling
 from artistid.errors import WeightsError
 from artistid.images import Preprocess
 from artistid.storage import file_sha256
@@ -40,7 +42,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Pooling = Literal["avg", "meanstd"]
 POOLINGS: tuple[str, ...] = ("avg", "meanstd")
 # ImageNet's normalization, as torchvision and most timm models use it: Preprocess's default.
 IMAGENET_MEAN, IMAGENET_STD = Preprocess().mean, Preprocess().std
@@ -94,8 +95,8 @@ def get_spec(name: str) -> BackboneSpec:
 
     if library in ("", "timm") and timm.is_model(model):
         config = timm.get_pretrained_cfg(model)
-        mean = tuple(config.mean) if config else IMAGENET_MEAN
-        std = tuple(config.std) if config else IMAGENET_STD
+        mean = _rgb(config.mean) if config else IMAGENET_MEAN
+        std = _rgb(config.std) if config else IMAGENET_STD
         size = int(config.input_size[-1]) if config else 224
         return BackboneSpec(name, f"timm:{model}", ("pooled",), input_size=size, mean=mean, std=std)
     if library in ("", "torchvision") and model in torchvision.models.list_models():
@@ -104,6 +105,11 @@ def get_spec(name: str) -> BackboneSpec:
         f"unknown backbone {name!r}: use one of {', '.join(list_backbones())}, or any timm or torchvision "
         "model name with --weights FILE"
     )
+
+
+def _rgb(values: Any) -> tuple[float, float, float]:
+    red, green, blue = values
+    return float(red), float(green), float(blue)
 
 
 # --- weights ---------------------------------------------------------------------------------------------------
@@ -213,7 +219,9 @@ _LUKEMELAS_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_c
 def _rename_lukemelas(state: dict[str, torch.Tensor], network: nn.Module) -> dict[str, torch.Tensor]:
     """Maps EfficientNet-PyTorch (lukemelas) key names onto timm's EfficientNet module names."""
     block_names = [
-        f"blocks.{stage}.{index}" for stage, blocks in enumerate(network.blocks) for index in range(len(blocks))
+        f"blocks.{stage}.{index}"
+        for stage, blocks in enumerate(cast(Any, network).blocks)
+        for index in range(len(blocks))
     ]
     renamed: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
@@ -289,7 +297,7 @@ def _pooled_network(network: nn.Module) -> nn.Module:
     from torch import nn
 
     if hasattr(network, "reset_classifier"):  # timm: keep global pooling, drop the classifier
-        network.reset_classifier(0)
+        cast(Any, network).reset_classifier(0)
     elif hasattr(network, "fc"):  # torchvision ResNet family
         network.fc = nn.Identity()
     elif hasattr(network, "classifier"):  # torchvision MobileNet / EfficientNet / ConvNeXt families
@@ -300,7 +308,10 @@ def _pooled_network(network: nn.Module) -> nn.Module:
 
 
 class Backbone:
-    """A frozen network cut at its feature node(s); call it on a normalized NCHW batch to get features."""
+    """A frozen network cut at its feature node(s); call it on a normalized NCHW batch to get features.
+
+    It keeps its own copy of `network`: the caller's stays as it was (its mode, gradients and classifier).
+    """
 
     def __init__(
         self,
@@ -309,16 +320,22 @@ class Backbone:
         feature_nodes: tuple[str, ...] | None = None,
         pooling: Pooling = "avg",
         weights_sha256: str = "",
+        *,
+        weights_source: str = "",
+        revision: str | None = None,
     ) -> None:
         from timm.models import create_feature_extractor
 
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
         self.spec = spec
+        network = copy.deepcopy(network)
         self.network = network.eval().requires_grad_(False)
         self.feature_nodes = tuple(feature_nodes or spec.feature_nodes)
         self.pooling = pooling
         self.weights_sha256 = weights_sha256
+        self.weights_source = weights_source
+        self.revision = revision
         if self.feature_nodes == ("pooled",):
             self._extract: Callable[[torch.Tensor], list[torch.Tensor]] = lambda x: [self._pooled(x)]
             self._pooled = _pooled_network(network)
@@ -332,6 +349,19 @@ class Backbone:
     @property
     def preprocess(self) -> Preprocess:
         return self.spec.preprocess
+
+    @property
+    def card(self) -> BackboneCard:
+        """The model card's backbone section: what `rebuild_backbone` needs besides the weights."""
+        return BackboneCard(
+            name=self.spec.name,
+            architecture=self.spec.architecture,
+            feature_nodes=self.feature_nodes,
+            pooling=self.pooling,
+            weights_sha256=self.weights_sha256,
+            source=self.weights_source,
+            revision=self.revision,
+        )
 
     def identity(self) -> str:
         """What the features depend on, besides the image: weights, cut and pooling."""
@@ -415,25 +445,41 @@ def create_backbone(
         spec = replace(spec, tiles=tiles)
     network = build_network(spec)
     sha = load_pretrained(network, spec, weights) if pretrained else ""
-    return Backbone(spec, network, feature_nodes, pooling, sha)
+    return Backbone(spec, network, feature_nodes, pooling, sha, weights_source=_weights_source(spec, weights))
 
 
-def rebuild_backbone(recipe: dict[str, Any], preprocess: Preprocess, state: dict[str, torch.Tensor]) -> Backbone:
-    """A saved backbone (a model file's, or one shipped to Spark executors) from its recipe and weights.
+def _weights_source(spec: BackboneSpec, weights: str | Path | None) -> str:
+    """Where the pretrained weights come from, for the model card."""
+    if weights is not None:
+        return f"file:{Path(weights).name}"
+    if spec.weights_package is not None:
+        return f"package:{spec.weights_package.replace('_', '-')}"
+    return spec.weights_url or ""
 
-    `recipe` holds name, architecture, feature_nodes, pooling and weights_sha256; `preprocess` says how its images
-    were prepared (input size, tiles, normalization); the weights load strictly.
+
+def rebuild_backbone(card: BackboneCard, preprocess: Preprocess, state: dict[str, torch.Tensor]) -> Backbone:
+    """A saved backbone (a model file's, or one shipped to Spark executors) from its card and weights.
+
+    `preprocess` says how its images were prepared (input size, tiles, normalization); the weights load strictly.
     """
     spec = BackboneSpec(
-        name=recipe["name"],
-        architecture=recipe["architecture"],
-        feature_nodes=tuple(recipe["feature_nodes"]),
+        name=card.name,
+        architecture=card.architecture,
+        feature_nodes=card.feature_nodes,
         input_size=preprocess.size,
         tiles=preprocess.tiles,
         mean=preprocess.mean,
         std=preprocess.std,
     )
-    backbone = Backbone(spec, build_network(spec), spec.feature_nodes, recipe["pooling"], recipe["weights_sha256"])
+    backbone = Backbone(
+        spec,
+        build_network(spec),
+        spec.feature_nodes,
+        card.pooling,
+        card.weights_sha256,
+        weights_source=card.source,
+        revision=card.revision,
+    )
     backbone.network.load_state_dict(state, strict=True)
     return backbone
 

@@ -5,43 +5,33 @@ on them (`fit_temperature`) makes the top probability match how often the model 
 calibration error (`expected_calibration_error`). The rejection threshold (`choose_threshold`) is the top
 probability below which only a small, chosen share of known-artist paintings falls; paintings of other artists,
 which the model has never seen, tend to fall below it. `coverage_curve` shows accuracy against the share answered.
+`calibrate` returns them as the model card's calibration section; `artistid.answers.decide` applies them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from artistid.answers import UNKNOWN
+from artistid.answers import RefusalRules
+from artistid.card import CalibrationCard
 
 __all__ = [
     "DEFAULT_FALSE_REJECTION",
-    "Calibration",
     "calibrate",
     "choose_threshold",
     "coverage_curve",
     "expected_calibration_error",
     "fit_temperature",
     "out_of_fold_scores",
-    "rejection_rates",
     "softmax",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FALSE_REJECTION = 0.02  # below the 3% users accept, leaving room for the noise of a small validation set
-
-
-def name_artist(probabilities: np.ndarray, classes: Sequence[str], threshold: float | None) -> str:
-    """The artist named for one row of probabilities, or UNKNOWN when the top one is below the threshold."""
-    best = int(np.argmax(probabilities))
-    if threshold is not None and float(probabilities[best]) < threshold:
-        return UNKNOWN
-    return str(classes[best])
 
 
 def softmax(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -97,15 +87,6 @@ def choose_threshold(confidence: np.ndarray, false_rejection: float = DEFAULT_FA
     return float(confidence[allowed]) if allowed < len(confidence) else float(confidence[-1])
 
 
-def rejection_rates(confidence_known: np.ndarray, confidence_unknown: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Shares of known-artist paintings wrongly rejected and of other artists' paintings rightly rejected."""
-    known, unknown = np.asarray(confidence_known), np.asarray(confidence_unknown)
-    return {
-        "false_rejection_rate": float(np.mean(known < threshold)) if len(known) else None,
-        "unknown_rejection_rate": float(np.mean(unknown < threshold)) if len(unknown) else None,
-    }
-
-
 def coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Coverage, accuracy and threshold when answering only the most confident predictions, in falling order."""
     confidence = np.asarray(confidence, dtype=np.float64)
@@ -115,39 +96,21 @@ def coverage_curve(confidence: np.ndarray, correct: np.ndarray) -> tuple[np.ndar
     return answered / max(len(order), 1), np.cumsum(hits) / answered, confidence[order]
 
 
-@dataclass
-class Calibration:
-    """What `calibrate` found; stored as the model file's "calibration" section."""
-
-    temperature: float
-    threshold: float
-    ece_before: float
-    ece_after: float
-    nll_before: float
-    nll_after: float
-    target_false_rejection: float
-    n: int
-    method: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 def calibrate(
     scores: np.ndarray,
     targets: np.ndarray,
     *,
     false_rejection: float = DEFAULT_FALSE_REJECTION,
     method: str = "validation",
-) -> Calibration:
+) -> CalibrationCard:
     """Temperature and rejection threshold from scores of paintings the head was not trained on."""
     scores = np.asarray(scores, dtype=np.float64)
     targets = np.asarray(targets)
     temperature = fit_temperature(scores, targets)
     before, after = softmax(scores), softmax(scores, temperature)
-    calibration = Calibration(
+    calibration = CalibrationCard(
         temperature=temperature,
-        threshold=choose_threshold(after.max(axis=1), false_rejection),
+        rules=RefusalRules(threshold=choose_threshold(after.max(axis=1), false_rejection)),
         ece_before=expected_calibration_error(before, targets),
         ece_after=expected_calibration_error(after, targets),
         nll_before=_nll(scores, targets, 1.0),
@@ -155,6 +118,7 @@ def calibrate(
         target_false_rejection=false_rejection,
         n=len(targets),
         method=method,
+        validation_accuracy=float(np.mean(scores.argmax(axis=1) == targets)) if len(targets) else None,
     )
     logger.info("calibration %s", calibration)
     return calibration

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -25,6 +26,9 @@ app = typer.Typer(
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# How `predict` says each refusal ("unknown", "not_a_painting") in its table.
+REFUSAL_WORDS = {"unknown": "unknown", "not_a_painting": "not a painting"}
 
 
 def handle_errors(command: F) -> F:
@@ -297,23 +301,6 @@ def _epoch_line(record: dict[str, float], epochs: int) -> str:
     return line
 
 
-def _summary_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
-    keep = (
-        "accuracy",
-        "top2_accuracy",
-        "n",
-        "per_class",
-        "confusion_matrix",
-        "unknown",
-        "ece",
-        "threshold",
-        "false_rejection_rate",
-        "unknown_rejection_rate",
-        "accuracy_answered",
-    )
-    return {k: metrics[k] for k in keep if k in metrics}
-
-
 @app.command()
 @handle_errors
 def train(
@@ -373,12 +360,13 @@ def train(
 ) -> None:
     """Train a model: features from the frozen backbone (cached), a dense layer on top, evaluation on Test."""
     from artistid import train as training
+    from artistid.card import to_dict
     from artistid.datasets import Dataset, load_dataset
     from artistid.errors import ModelFileError
     from artistid.evaluate import evaluate, format_report
     from artistid.features import FeatureSet
     from artistid.model import Model
-    from artistid.model_file import read_metadata
+    from artistid.model_file import read_card
 
     _configure_logging(quiet)
     options = _options(storage_option)
@@ -428,10 +416,10 @@ def train(
     model = None
     if not force and fingerprint is not None:
         try:
-            previous = read_metadata(output, options)
+            previous = read_card(output, options)
         except ModelFileError:
             previous = None
-        if previous and previous.get("training", {}).get("fingerprint") == fingerprint:
+        if previous and previous.training and previous.training.fingerprint == fingerprint:
             say(f"reusing {output}: it was trained from the same Train/ and settings (--force retrains)")
             model = Model.load(output, options)
     result = None
@@ -456,15 +444,14 @@ def train(
         )
         for record in result.history:
             say(_epoch_line(record, settings.epochs))
-        calibration = model.info.get("calibration")
-        if calibration:
+        calibration = model.card.calibration
+        if calibration.method:
             say(
-                f"calibrated on {calibration['n']} held-out predictions: temperature {calibration['temperature']:.2f}, "
-                f"ECE {calibration['ece_before']:.1%} -> {calibration['ece_after']:.1%}; "
-                f"'unknown' below probability {calibration['threshold']:.2f}"
+                f"calibrated on {calibration.n} held-out predictions: temperature {calibration.temperature:.2f}, "
+                f"ECE {calibration.ece_before:.1%} -> {calibration.ece_after:.1%}; "
+                f"'unknown' below probability {calibration.rules.threshold:.2f}"
             )
 
-    metrics: dict[str, Any] = model.metrics
     if dataset.test:  # a reused model too: Test/ may have changed since it was trained
         evaluation = evaluate(
             model,
@@ -474,11 +461,11 @@ def train(
             storage_options=options,
             progress=not quiet and not as_json,
         )
-        metrics = _summary_metrics(evaluation.metrics)
-        model.info["metrics"] = metrics
+        model.card = replace(model.card, metrics=evaluation.card_metrics())
         say(format_report(evaluation))
-    elif metrics.get("accuracy") is not None:
-        say(f"accuracy {metrics['accuracy']:.1%} on {metrics['n']} test images (from the model file)")
+    elif model.metrics is not None and model.metrics.accuracy is not None:
+        say(f"accuracy {model.metrics.accuracy:.1%} on {model.metrics.n} test images (from the model file)")
+    metrics = to_dict(model.metrics) if model.metrics is not None else {}
     if result is not None:
         model.save(output, options)
         say(f"model written to {output}")
@@ -488,7 +475,7 @@ def train(
                 "output": output,
                 "reused": result is None,
                 "metrics": metrics,
-                "history": model.info.get("training", {}).get("history", []),
+                "history": to_dict(model.card.training.history) if model.card.training else [],
                 "skipped": [{"path": p, "reason": r} for p, r in (result.skipped if result else [])],
             }
         )
@@ -576,7 +563,7 @@ def predict(
 ) -> None:
     """Name the artist of each painting."""
     from artistid.datasets import list_images
-    from artistid.model import UNKNOWN, Model
+    from artistid.model import Model
 
     _configure_logging(True)
     spark = _spark(engine)
@@ -606,17 +593,16 @@ def predict(
         storage_options=options,
         progress=not quiet and not as_json and len(samples) > 50,
     )
-    probabilities = model.head.predict_proba(features.features) if len(features) else []
-    classes = [str(c) for c in model.classes_]
-    k = min(top_k, len(classes))
+    answers = model.card.decide(model.probabilities(features.features), top_k=top_k)
     records: dict[str, dict[str, Any]] = {}
-    for path, row in zip(features.paths, probabilities, strict=True):
-        order = row.argsort()[::-1][:k]
+    for path, answer in zip(features.paths, answers, strict=True):
         records[path] = {
             "path": path,
-            "artist": model.label_for(row),  # "unknown" below the model's rejection threshold
-            "probability": float(row[order[0]]),
-            "top_k": [{"artist": classes[i], "probability": float(row[i])} for i in order],
+            "artist": answer.artist,  # or the refusal: "unknown", "not_a_painting"
+            "refusal": answer.refusal,
+            "closest": answer.closest,
+            "probability": answer.probability,
+            "top_k": [{"artist": artist, "probability": p} for artist, p in answer.top_k],
         }
     for path, reason in features.errors:
         records[path] = {"path": path, "error": reason.removeprefix(path + ": ")}
@@ -630,7 +616,7 @@ def predict(
                 typer.echo(f"{record['path']:<{width}}  error: {record['error']}")
                 continue
             ranked = "  ".join(f"{t['artist']} {t['probability']:.3f}" for t in record["top_k"])
-            verdict = f"unknown (best guess: {ranked})" if record["artist"] == UNKNOWN else ranked
+            verdict = f"{REFUSAL_WORDS[record['refusal']]} (best guess: {ranked})" if record["refusal"] else ranked
             typer.echo(f"{record['path']:<{width}}  {verdict}")
     if strict and features.errors:
         raise typer.Exit(1)
@@ -667,6 +653,7 @@ def finetune(
     quiet: Quiet = False,
 ) -> None:
     """Fine-tune the backbone's last blocks (or all) with the head, on augmented crops; evaluate on Test."""
+    from artistid.card import to_dict
     from artistid.datasets import load_dataset
     from artistid.evaluate import evaluate, format_report
     from artistid.finetune import FinetuneSettings
@@ -695,8 +682,8 @@ def finetune(
     metrics: dict[str, Any] = {}
     if dataset.test:
         evaluation = evaluate(model, dataset.test, cache=_cache(cache_dir, no_cache), workers=workers, progress=False)
-        metrics = _summary_metrics(evaluation.metrics)
-        model.info["metrics"] = metrics
+        model.card = replace(model.card, metrics=evaluation.card_metrics())
+        metrics = to_dict(model.card.metrics)
         if not as_json:
             typer.echo(format_report(evaluation))
     model.save(output)

@@ -1,9 +1,10 @@
 """Honest evaluation of a model on a test set: accuracy over known artists, what it said for unknown ones.
 
 `evaluate` returns an `Evaluation`; `write_report` writes predictions.csv, metrics.json, confusion.png and
-coverage.png (accuracy versus the share of paintings answered). With a rejection threshold (the model's
-calibration), the metrics also say how many known-artist paintings it wrongly calls "unknown"
-(`false_rejection_rate`) and how many paintings of other artists it rightly does (`unknown_rejection_rate`).
+coverage.png (accuracy versus the share of paintings answered). Each image's answer is `artistid.answers.decide`'s
+with the model card's refusal rules, as `predict` and the service give it; with refusal rules, the metrics also say
+how many known-artist paintings it wrongly refuses (`false_rejection_rate`) and how many paintings of other artists
+it rightly does (`unknown_rejection_rate`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import io
 import json
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from artistid import storage
-from artistid.calibration import coverage_curve, expected_calibration_error, name_artist, rejection_rates
+from artistid.answers import Answer, RefusalRules
+from artistid.calibration import coverage_curve, expected_calibration_error
+from artistid.card import Metrics, from_dict
 from artistid.datasets import Sample
 from artistid.features import FeatureCache
 from artistid.model import Model
@@ -37,26 +40,30 @@ class Evaluation:
     paths: list[str]
     truths: list[str | None]
     probabilities: np.ndarray
+    answers: list[Answer]  # what `predict` and the service answer for each image
     metrics: dict[str, Any]
-    threshold: float | None = None
+    rules: RefusalRules = field(default_factory=RefusalRules)
 
     @property
     def predictions(self) -> list[str]:
-        """The most likely artist of each image."""
-        return [self.classes[i] for i in self.probabilities.argmax(axis=1)] if len(self.paths) else []
+        """The most likely artist of each image, refused or not."""
+        return [answer.closest for answer in self.answers]
 
     @property
-    def answers(self) -> list[str]:
-        """What `predict` and the service answer: the most likely artist, or "unknown" below the threshold."""
-        return [name_artist(row, self.classes, self.threshold) for row in self.probabilities]
+    def threshold(self) -> float | None:
+        return self.rules.threshold
+
+    def card_metrics(self) -> Metrics:
+        """The headline metrics, as the model card records them."""
+        return from_dict(Metrics, self.metrics)
 
 
 def _rejection_metrics(
-    known: np.ndarray, true_index: np.ndarray, probabilities: np.ndarray, threshold: float | None
+    known: np.ndarray, true_index: np.ndarray, probabilities: np.ndarray, answers: list[Answer], rules: RefusalRules
 ) -> dict[str, Any]:
-    """Calibration error on known artists, the accuracy-coverage trade-off, and what the threshold rejects."""
+    """Calibration error on known artists, the accuracy-coverage trade-off, and what the refusals reject."""
     confidence = probabilities.max(axis=1) if len(probabilities) else np.zeros(0)
-    known_confidence, unknown_confidence = confidence[known], confidence[~known]
+    known_confidence = confidence[known]
     correct = probabilities[known].argmax(axis=1) == true_index if len(true_index) else np.zeros(0, bool)
     coverage, accuracy, _ = coverage_curve(known_confidence, correct)
     curve = (
@@ -69,16 +76,19 @@ def _rejection_metrics(
     )
     result: dict[str, Any] = {
         "ece": expected_calibration_error(probabilities[known], true_index) if len(true_index) else None,
-        "threshold": threshold,
+        "threshold": rules.threshold,
         "false_rejection_rate": None,
         "unknown_rejection_rate": None,
         "accuracy_answered": None,
         "coverage_curve": curve,
     }
-    if threshold is not None:
-        result.update(rejection_rates(known_confidence, unknown_confidence, threshold))
-        accepted = known_confidence >= threshold
-        result["accuracy_answered"] = float(np.mean(correct[accepted])) if accepted.any() else None
+    if rules != RefusalRules():
+        refused = np.array([answer.refused for answer in answers], dtype=bool)
+        known_refused, unknown_refused = refused[known], refused[~known]
+        result["false_rejection_rate"] = float(np.mean(known_refused)) if len(known_refused) else None
+        result["unknown_rejection_rate"] = float(np.mean(unknown_refused)) if len(unknown_refused) else None
+        answered = ~known_refused
+        result["accuracy_answered"] = float(np.mean(correct[answered])) if answered.any() else None
     return result
 
 
@@ -86,8 +96,9 @@ def _metrics(
     classes: list[str],
     truths: list[str | None],
     probabilities: np.ndarray,
+    answers: list[Answer],
     skipped: list[tuple[str, str]],
-    threshold: float | None = None,
+    rules: RefusalRules,
 ) -> dict[str, Any]:
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
@@ -123,7 +134,7 @@ def _metrics(
         "confusion_matrix": confusion,
         "unknown": {"n": len(unknown_predictions), "predicted": dict(Counter(unknown_predictions))},
         "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
-        **_rejection_metrics(known, true_index, probabilities, threshold),
+        **_rejection_metrics(known, true_index, probabilities, answers, rules),
     }
 
 
@@ -137,13 +148,10 @@ def evaluate(
     progress: bool = True,
 ) -> Evaluation:
     """Scores every usable image; labels outside the model's artists count as unknown artists."""
-    classes = [str(c) for c in model.classes_]
     features = model.features_for(
         samples, cache=cache, workers=workers, storage_options=storage_options, progress=progress
     )
-    probabilities = (
-        model.head.predict_proba(features.features) if len(features) else np.zeros((0, len(classes)), np.float32)
-    )
+    probabilities = model.probabilities(features.features)
     return score_predictions(model, features.paths, features.labels, probabilities, features.errors)
 
 
@@ -155,10 +163,12 @@ def score_predictions(
     skipped: list[tuple[str, str]],
 ) -> Evaluation:
     """The evaluation of probabilities computed anywhere (here, or on Spark's executors) against the true labels."""
-    classes = [str(c) for c in model.classes_]
+    classes = list(model.card.classes)
     truths = [label if label in classes else None for label in labels]
-    metrics = _metrics(classes, truths, probabilities, skipped, model.threshold)
-    return Evaluation(classes, paths, truths, probabilities, metrics, model.threshold)
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(paths), len(classes))
+    answers = model.card.decide(probabilities)
+    metrics = _metrics(classes, truths, probabilities, answers, skipped, model.card.rules)
+    return Evaluation(classes, paths, truths, probabilities, answers, metrics, model.card.rules)
 
 
 def format_report(evaluation: Evaluation) -> str:
@@ -268,16 +278,17 @@ def write_report(evaluation: Evaluation, directory: str | Path) -> dict[str, str
     rows = io.StringIO()
     writer = csv.writer(rows)
     writer.writerow(["path", "true", "predicted", "answer", *evaluation.classes])
-    for path, truth, predicted, answer, probabilities in zip(
-        evaluation.paths,
-        evaluation.truths,
-        evaluation.predictions,
-        evaluation.answers,
-        evaluation.probabilities,
-        strict=True,
+    for path, truth, answer, probabilities in zip(
+        evaluation.paths, evaluation.truths, evaluation.answers, evaluation.probabilities, strict=True
     ):
         writer.writerow(
-            [path, truth if truth is not None else "unknown", predicted, answer, *(f"{p:.6f}" for p in probabilities)]
+            [
+                path,
+                truth if truth is not None else "unknown",
+                answer.closest,
+                answer.artist,
+                *(f"{p:.6f}" for p in probabilities),
+            ]
         )
     files = {
         "predictions": (storage.join(str(directory), "predictions.csv"), rows.getvalue().encode()),

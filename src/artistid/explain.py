@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from artistid.forward import ArtistForward
+
     View = Callable[[torch.Tensor], torch.Tensor]
 
 __all__ = ["Explanation", "grad_cam"]
@@ -66,22 +68,18 @@ def _last_convolution(network: nn.Module) -> nn.Module:
     return convolutions[-1]
 
 
-def _scorer(model: Model, view: View, columns: slice) -> nn.Module:
+def _scorer(module: ArtistForward, view: View, columns: slice) -> nn.Module:
     """One view of the model as a differentiable module: normalized image in, that view's class scores out."""
-    import torch
     from torch import nn
 
     class Scorer(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.network = model.backbone.network  # registered, so Grad-CAM can clear its gradients
-            weight = np.asarray(model.head.coef_, dtype=np.float32)[:, columns]
-            self.register_buffer("weight", torch.from_numpy(np.ascontiguousarray(weight)))
-            self.register_buffer("bias", torch.from_numpy(np.asarray(model.head.intercept_, dtype=np.float32)))
+            self.model = module  # registered, so Grad-CAM can clear its gradients
 
         def forward(self, batch: torch.Tensor) -> torch.Tensor:
             # The backbone's weights are frozen; the input must carry a gradient for the activations to have one.
-            return view(batch.requires_grad_(True)) @ self.weight.T + self.bias
+            return self.model.logits(view(batch.requires_grad_(True)), columns)
 
     return Scorer().eval()
 
@@ -111,14 +109,15 @@ def grad_cam(model: Model, image: ImageInput, artist: str | None = None, *, name
     if artist is not None and artist not in classes:
         raise ArtistIdError(f"unknown artist {artist!r}: this model knows {', '.join(classes)}")
     pixels = np.array(load_image(image, model.preprocess, name=name))  # a writable copy, as torch wants
-    batch = model.extractor.to_input(pixels[None]).float()
+    module = model.torch_module()
+    batch = module.normalize(torch.from_numpy(pixels[None]).to(model.extractor.device))
     with torch.no_grad():
-        probabilities = model.head.predict_proba(model.extractor(pixels[None]))[0]
+        probabilities = model.probabilities(model.extractor(pixels[None]))[0]
     index = classes.index(artist) if artist is not None else int(np.argmax(probabilities))
     layers = [_last_convolution(model.backbone.network)]
     maps = []
     for view, columns, reshape in _views(model):
-        with GradCAM(model=_scorer(model, view, columns).to(batch.device), target_layers=layers,
+        with GradCAM(model=_scorer(module, view, columns), target_layers=layers,
                      reshape_transform=reshape) as cam:  # fmt: skip
             maps.append(cam(input_tensor=batch, targets=[ClassifierOutputTarget(index)])[0])
     heat = np.mean(maps, axis=0)

@@ -1,8 +1,9 @@
 """`artistid export MODEL --onnx OUT.onnx`: the whole model as one ONNX graph, checked against PyTorch.
 
 The graph maps uint8 pixels (batch, size, size, 3), RGB, as `artistid.images.load_image` returns them, to class
-probabilities: normalization, the backbone cut at its feature layer, the head, temperature and softmax. Class names,
-preprocessing and the rejection threshold travel in the file's `metadata_props` (see `artistid.onnx_model`).
+probabilities: normalization, the backbone cut at its feature layer, the head, temperature and softmax. The model
+card (class names, preprocessing, refusal rules...) travels in the file's `metadata_props` (see
+`artistid.onnx_model`).
 
 Export and check run in fp32. A model that featurizes in bf16 (the default where the CPU has it) is exported with
 fp32 arithmetic, and ONNX Runtime is compared with the PyTorch fp32 forward of the same pipeline: the same artist
@@ -18,7 +19,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib.resources import as_file, files
 from pathlib import Path
@@ -26,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from artistid.card import card_to_dict
 from artistid.datasets import is_image_name
 from artistid.errors import ExportError, ImageError
-from artistid.features import pixel_normalization
 from artistid.images import load_image
 from artistid.onnx_model import (
     INPUT_NAME,
@@ -71,26 +72,17 @@ class ExportReport:
 
 
 def pipeline_module(model: Model) -> nn.Module:
-    """The model as one fp32 torch module: uint8 NHWC pixels -> probabilities."""
+    """The model's forward module (fp32) with the graph's one output: uint8 NHWC pixels -> probabilities."""
     import torch
     from torch import nn
 
     class Pipeline(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.extract = model.backbone  # not an nn.Module: its network is registered below
-            self.network = model.backbone.network
-            mean, std = pixel_normalization(model.preprocess)
-            self.register_buffer("mean", mean)
-            self.register_buffer("std", std)
-            self.register_buffer("weight", torch.as_tensor(np.asarray(model.head.coef_, dtype=np.float32)))
-            self.register_buffer("bias", torch.as_tensor(np.asarray(model.head.intercept_, dtype=np.float32)))
-            self.temperature = float(getattr(model.head, "temperature_", 1.0))
+            self.model = model.torch_module()
 
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-            batch = (pixels.permute(0, 3, 1, 2).float() - self.mean) / self.std
-            logits = self.extract(batch) @ self.weight.T + self.bias
-            return torch.softmax(logits / self.temperature, dim=1)
+            return self.model(pixels).probabilities
 
     return Pipeline().eval()
 
@@ -125,7 +117,7 @@ def _fp32_reference(model: Model, pixels: np.ndarray) -> tuple[np.ndarray, np.nd
     with torch.inference_mode():
         probabilities = pipeline(torch.from_numpy(pixels)).numpy()
         features = model.backbone(model.extractor.to_input(pixels)).float().cpu().numpy()
-    return probabilities, model.head.predict_proba(features)
+    return probabilities, model.probabilities(features)
 
 
 def _compare(actual: np.ndarray, expected: np.ndarray, tolerance: float, disagreement: str) -> float:
@@ -144,14 +136,11 @@ def _compare(actual: np.ndarray, expected: np.ndarray, tolerance: float, disagre
 
 def _metadata(model: Model, source: str | None, pixels_checked: int) -> dict[str, Any]:
     """The file's metadata; the parity check's result, `max_abs_diff`, is filled in once it is known."""
-    meta = model.to_metadata()
     return {
         "format": ONNX_FORMAT,
         "version": ONNX_FORMAT_VERSION,
-        "classes": meta["classes"],
-        "preprocess": meta["preprocess"],
-        "threshold": model.threshold,
-        "temperature": float(getattr(model.head, "temperature_", 1.0)),
+        # The graph computes in fp32, whatever the model file's features were computed with.
+        "card": card_to_dict(replace(model.card, precision="fp32")),
         "input": {
             "name": INPUT_NAME,
             "dtype": "uint8",
@@ -160,18 +149,17 @@ def _metadata(model: Model, source: str | None, pixels_checked: int) -> dict[str
             "channels": "RGB",
             "note": "pixels as artistid.images.load_image returns them; normalization is inside the graph",
         },
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", len(meta["classes"])], "what": "softmax probabilities"},
-        "precision": "fp32",
-        "backbone": meta["backbone"],
-        "metrics": meta.get("metrics", {}),
-        "training": meta.get("training", {}),
+        "output": {
+            "name": OUTPUT_NAME,
+            "shape": ["batch", len(model.card.classes)],
+            "what": "softmax probabilities (calibrated: the card's temperature is inside the graph)",
+        },
         "source_model": {
             "name": Path(source).name if source else None,
             "sha256": file_sha256(source) if source and Path(source).is_file() else None,
             "precision": model.extractor.precision,
         },
         "parity": {"images": pixels_checked, "max_abs_diff": None, "reference": "PyTorch fp32"},
-        "versions": meta.get("versions", {}),
         "exported": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
@@ -237,7 +225,7 @@ def export_onnx(
     write_bytes_atomic(output, graph.SerializeToString())
     bf16_diff = None
     if model.extractor.precision == "bf16":
-        bf16_diff = float(np.abs(model.head.predict_proba(model.extractor(pixels)) - expected).max())
+        bf16_diff = float(np.abs(model.probabilities(model.extractor(pixels)) - expected).max())
     report = ExportReport(
         path=str(output),
         images=len(pixels),

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -41,7 +41,6 @@ __all__ = [
     "decode_workers",
     "default_cache_dir",
     "featurize",
-    "pixel_normalization",
     "read_and_decode",
 ]
 
@@ -66,23 +65,13 @@ def _bf16_is_native() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def pixel_normalization(
-    preprocess: Preprocess, device: torch.device | str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation on the uint8 scale, shaped (1, 3, 1, 1): (pixels - mean) / std normalizes NCHW."""
-    import torch
-
-    def per_channel(values: tuple[float, float, float]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.float32, device=device).view(1, 3, 1, 1) * 255
-
-    return per_channel(preprocess.mean), per_channel(preprocess.std)
-
-
 class FeatureExtractor:
     """Runs a frozen backbone on batches of decoded images (uint8, NHWC), on CUDA when present."""
 
     def __init__(self, backbone: Backbone, *, device: str = "auto", precision: Precision = "auto") -> None:
         import torch
+
+        from artistid.forward import ArtistForward
 
         if precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16; got {precision!r}")
@@ -95,22 +84,25 @@ class FeatureExtractor:
             # its vectors agree with fp32 to cosine >= 0.99 and give the same accuracy (tests/test_features.py).
             native = self.device.type == "cuda" or _bf16_is_native()
             precision = "bf16" if native else "fp32"
-        self.precision: Literal["fp32", "bf16"] = precision  # type: ignore[assignment]
+        self.precision: Literal["fp32", "bf16"] = precision
         self.preprocess: Preprocess = backbone.preprocess
-        backbone.network.to(self.device, memory_format=torch.channels_last)
-        self._mean, self._std = pixel_normalization(self.preprocess, self.device)
+        backbone.network.to(self.device).to(memory_format=torch.channels_last)
+        # The model's forward pass without its head: normalization and backbone.
+        self.module = ArtistForward(backbone).to(self.device)
 
     def identity(self) -> str:
         """Everything a vector depends on besides the image's content: part of the cache key."""
         return f"{self.backbone.identity()}/{self.preprocess.key()}/{self.precision}"
 
-    def to_input(self, pixels: np.ndarray) -> torch.Tensor:
-        """Normalized NCHW float batch from uint8 NHWC pixels."""
+    def pixels(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 NHWC pixels as a tensor on the extractor's device."""
         import torch
 
-        batch = torch.from_numpy(np.require(pixels, requirements=["C", "W"])).to(self.device)
-        batch = batch.permute(0, 3, 1, 2).float()
-        return ((batch - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+        return torch.from_numpy(np.require(pixels, requirements=["C", "W"])).to(self.device)
+
+    def to_input(self, pixels: np.ndarray) -> torch.Tensor:
+        """Normalized NCHW float batch from uint8 NHWC pixels."""
+        return self.module.normalize(self.pixels(pixels))
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         import torch
@@ -118,7 +110,7 @@ class FeatureExtractor:
         if len(pixels) == 0:
             return np.zeros((0, 0), dtype=np.float32)
         with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
-            features = self.backbone(self.to_input(pixels))
+            features = self.module.features(self.pixels(pixels))
         return features.float().cpu().numpy()
 
 
@@ -350,10 +342,10 @@ def _decoded_batches(
     batch_size: int,
     storage_options: dict[str, Any] | None,
 ) -> Iterator[list[Decoded]]:
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Dataset
 
-    loader = DataLoader(
-        _DecodeDataset(jobs, preprocess, storage_options),
+    loader: DataLoader[Decoded] = DataLoader(
+        cast("Dataset[Decoded]", _DecodeDataset(jobs, preprocess, storage_options)),
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=list,

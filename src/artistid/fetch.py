@@ -147,10 +147,10 @@ def parse_manifest(text: str, source: str) -> list[FetchItem]:
             uri = storage.join(base, uri)
         items.append(FetchItem(uri=uri, target=target, origin=f"{source}:{number}"))
     for key, (number, _) in claimed.items():
-        for folder in PurePosixPath(key).parents:
-            if str(folder) in claimed:
-                line, file = claimed[str(folder)]
-                problems.append((number, f"its folder is line {line}'s file {file!r}"))
+        for parent in PurePosixPath(key).parents:
+            if str(parent) in claimed:
+                owner_number, owner = claimed[str(parent)]
+                problems.append((number, f"its folder is line {owner_number}'s file {owner!r}"))
     if problems:
         number, problem = min(problems)
         more = f" (and {len(problems) - 1} more bad lines)" if len(problems) > 1 else ""

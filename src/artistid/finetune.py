@@ -18,15 +18,16 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from artistid import storage
 from artistid.backbones import Backbone, create_backbone
 from artistid.calibration import DEFAULT_FALSE_REJECTION, calibrate
+from artistid.card import TrainingCard
 from artistid.datasets import Sample
 from artistid.errors import ArtistIdError, ImageError
 from artistid.head import ArtistHead
@@ -36,6 +37,7 @@ from artistid.model import Model
 if TYPE_CHECKING:
     import torch
     from torch import nn
+    from torch.utils.data import Dataset
 
 __all__ = ["FinetuneResult", "FinetuneSettings", "PaintingCrops", "finetune", "trainable_parameters"]
 
@@ -95,10 +97,11 @@ class FinetuneResult:
 
 def _blocks(network: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
     """The network's blocks in order, and the layers after them (timm EfficientNet, torchvision ResNet)."""
+    layers = cast(Any, network)  # timm and torchvision name their blocks differently
     if hasattr(network, "blocks"):
-        return list(network.blocks), [getattr(network, n) for n in ("conv_head", "bn2") if hasattr(network, n)]
+        return list(layers.blocks), [getattr(network, n) for n in ("conv_head", "bn2") if hasattr(network, n)]
     if hasattr(network, "layer4"):
-        return [network.layer1, network.layer2, network.layer3, network.layer4], []
+        return [layers.layer1, layers.layer2, layers.layer3, layers.layer4], []
     raise ArtistIdError(f"cannot find the blocks of {type(network).__name__} to unfreeze: use --unfreeze all")
 
 
@@ -221,6 +224,7 @@ def finetune(
     from torch.utils.data import DataLoader
 
     from artistid.features import FeatureExtractor, decode_workers
+    from artistid.forward import ArtistForward
 
     settings = settings or FinetuneSettings()
     settings.check()
@@ -240,6 +244,8 @@ def finetune(
     with torch.no_grad():
         dimension = int(network.eval()(torch.zeros(1, 3, 64, 64, device=device)).shape[1])
     head = torch.nn.Linear(dimension, len(classes)).to(device)
+    learner = ArtistForward(backbone, head)  # what learns: the unfrozen part of the network, and the head
+    learner.to(device)
     groups = [
         {"params": [p for m in learning for p in m.parameters()], "lr": settings.lr * settings.backbone_lr_scale},
         {"params": list(head.parameters()), "lr": settings.lr},
@@ -249,8 +255,11 @@ def finetune(
         if settings.optimizer == "adamw"
         else torch.optim.SGD(groups, momentum=0.9, weight_decay=settings.weight_decay)
     )
-    loader = DataLoader(
-        PaintingCrops(labelled, classes, extractor.preprocess, settings.crop_scale),
+    loader: DataLoader[tuple[np.ndarray, int]] = DataLoader(
+        cast(
+            "Dataset[tuple[np.ndarray, int]]",
+            PaintingCrops(labelled, classes, extractor.preprocess, settings.crop_scale),
+        ),
         batch_size=settings.batch_size,
         shuffle=True,
         num_workers=decode_workers() if workers is None else workers,
@@ -287,10 +296,9 @@ def finetune(
         for pixels, labels in loader:
             if len(labels) == 0:
                 continue
-            batch = extractor.to_input(pixels)
             targets = torch.from_numpy(labels).to(device)
             with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
-                logits = head(network(batch).float())
+                logits = learner(extractor.pixels(pixels)).logits
             loss = torch.nn.functional.cross_entropy(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -323,18 +331,23 @@ def finetune(
     artist_head = ArtistHead.from_layer(
         classes, head.weight.detach().float().cpu().numpy(), head.bias.detach().float().cpu().numpy()
     )
-    info: dict[str, Any] = {"training": {"finetune": settings.to_dict(), "history": history, "n_train": len(labelled)}}
-    model = Model(tuned, artist_head, precision=extractor.precision, info=info)
+    training = TrainingCard(
+        method="finetune",
+        settings=settings.to_dict(),
+        n_train=len(labelled),
+        n_val=len(held_out),
+        history=tuple(history),
+    )
+    model = Model(tuned, artist_head, precision=extractor.precision, training=training)
     if held_out:
         # Scored by the finished model exactly as prediction will score them, fed nothing it trained on.
         features = model.features_for(held_out, workers=workers, progress=False)
-        targets = np.searchsorted(np.asarray(classes), np.asarray(features.labels, dtype=str))
-        found = calibrate(
+        held_targets = np.searchsorted(np.asarray(classes), np.asarray(features.labels, dtype=str))
+        calibration = calibrate(
             artist_head._scores(features.features),
-            targets,
+            held_targets,
             false_rejection=settings.false_rejection,
             method=f"{len(features)} held-out training images",
         )
-        artist_head.temperature_ = found.temperature
-        model.info["calibration"] = found.to_dict()
+        model.card = replace(model.card, calibration=calibration)
     return FinetuneResult(model, history, resumed_from=first_epoch, seconds=time.perf_counter() - started)

@@ -5,8 +5,8 @@
 the reference design's: minibatch SGD with momentum and L2 weight decay, a learning rate per epoch. `solver="lbfgs"`
 fits the same L2-regularized softmax to convergence instead (better on wide features such as style statistics), and
 `standardize=True` trains on standardized features; either way the result is folded into one linear layer on the
-raw features, so the model file holds the same tensors. `temperature_` (1 unless calibrated) divides the scores
-before the softmax.
+raw features, so the model file holds the same tensors. The head's probabilities are uncalibrated; the model card's
+calibration (temperature and refusal rules) is applied by `artistid.model.Model`.
 """
 
 from __future__ import annotations
@@ -252,8 +252,7 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
         return scores[:, 1] - scores[:, 0] if scores.shape[1] == 2 else scores
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        # A temperature fitted on validation data (calibration) softens or sharpens the scores; 1.0 leaves them.
-        return softmax(self._scores(X), getattr(self, "temperature_", 1.0))
+        return softmax(self._scores(X))
 
     def predict(self, X: Any) -> np.ndarray:
         scores = self._scores(X)

@@ -59,19 +59,6 @@ class Preprocess:
         """The side of the square the painting is fitted to, in pixels."""
         return self.size * self.tiles
 
-    def to_dict(self) -> dict[str, object]:
-        return {"size": self.size, "fit": self.fit, "mean": list(self.mean), "std": list(self.std), "tiles": self.tiles}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, object]) -> Preprocess:
-        return cls(
-            size=int(data["size"]),  # type: ignore[arg-type]
-            fit=data["fit"],  # type: ignore[arg-type]
-            mean=tuple(data["mean"]),  # type: ignore[arg-type]
-            std=tuple(data["std"]),  # type: ignore[arg-type]
-            tiles=int(data.get("tiles", 1)),  # type: ignore[call-overload]
-        )
-
     def key(self) -> str:
         """A short string naming everything that changes the pixels; part of the feature cache key."""
         key = f"decode-v1/{self.size}/{self.fit}/{self.mean}/{self.std}"

@@ -1,22 +1,30 @@
 """`Model`: a trained artist classifier (frozen backbone + head) with scikit-learn's prediction habits.
 
 model = artistid.Model.load("paintings.safetensors")
-model.predict(["starry.jpg"])        # -> array(['Vincent_van_Gogh'])
-model.predict_proba([pil_image, raw_bytes])
+model.predict(["starry.jpg", "photo.jpg"])   # -> array(['Vincent_van_Gogh', 'unknown'], dtype=object)
+model.answer(["starry.jpg"], top_k=3)        # -> [Answer(artist='Vincent_van_Gogh', refusal=None, ...)]
+model.predict_proba([pil_image, raw_bytes])  # calibrated probabilities, columns in the order of classes_
+model.card                                   # what the model file says about it (artistid.card.ModelCard)
+
+As in scikit-learn, `predict` is the decision: the artist, or a refusal ("unknown", "not_a_painting"), decided by
+`artistid.answers.decide` with the card's refusal rules, exactly as the CLI, the service and Spark decide it.
 """
 
 from __future__ import annotations
 
 import platform
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
+from artistid.answers import NOT_A_PAINTING, UNKNOWN, Answer
 from artistid.backbones import Backbone, rebuild_backbone
-from artistid.calibration import UNKNOWN, name_artist
+from artistid.calibration import softmax
+from artistid.card import CalibrationCard, HeadCard, LibraryVersions, Metrics, ModelCard, TrainingCard
 from artistid.datasets import Sample
 from artistid.errors import ModelFileError
 from artistid.features import FeatureCache, FeatureExtractor, FeatureSet, featurize
@@ -27,35 +35,55 @@ from artistid.model_file import read_model_file, write_model_file
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["UNKNOWN", "ImageInput", "Model"]
+    from artistid.forward import ArtistForward
+
+__all__ = ["NOT_A_PAINTING", "UNKNOWN", "ImageInput", "Model", "library_versions"]
 
 ImageInput = str | Path | bytes | Image.Image
 
 
-def library_versions() -> dict[str, str]:
+def library_versions() -> LibraryVersions:
     from importlib.metadata import version
 
     import timm
     import torch
 
-    return {
-        "artistid": version("artistid"),
-        "torch": torch.__version__,
-        "timm": timm.__version__,
-        "python": platform.python_version(),
-    }
+    return LibraryVersions(
+        artistid=version("artistid"),
+        python=platform.python_version(),
+        torch=torch.__version__,
+        timm=timm.__version__,
+    )
 
 
 class Model:
-    """A backbone cut at its feature layer and the head trained on it, plus what the model file records."""
+    """A backbone cut at its feature layer and the head trained on it, described by its model card."""
 
     def __init__(
-        self, backbone: Backbone, head: ArtistHead, *, precision: str = "auto", info: dict[str, Any] | None = None
+        self,
+        backbone: Backbone,
+        head: ArtistHead,
+        *,
+        precision: str = "auto",
+        calibration: CalibrationCard | None = None,
+        training: TrainingCard | None = None,
+        metrics: Metrics | None = None,
+        versions: LibraryVersions | None = None,
     ) -> None:
         self.backbone = backbone
         self.head = head
-        self.info = dict(info or {})
         self.extractor = FeatureExtractor(backbone, precision=precision)  # type: ignore[arg-type]
+        self.card = ModelCard(
+            classes=tuple(str(c) for c in head.classes_),
+            backbone=backbone.card,
+            preprocess=backbone.preprocess,
+            head=HeadCard(n_features=int(head.n_features_in_), params=head.get_params()),
+            precision=self.extractor.precision,
+            calibration=calibration or CalibrationCard(),
+            training=training,
+            metrics=metrics,
+            versions=versions or library_versions(),
+        )
 
     # --- what it knows -----------------------------------------------------------------------------------------
     @property
@@ -67,18 +95,13 @@ class Model:
         return self.extractor.preprocess
 
     @property
-    def metrics(self) -> dict[str, Any]:
-        return dict(self.info.get("metrics", {}))
+    def metrics(self) -> Metrics | None:
+        return self.card.metrics
 
     @property
     def threshold(self) -> float | None:
         """Below this top probability a painting is "unknown": none of the artists the model knows."""
-        value = self.info.get("calibration", {}).get("threshold")
-        return None if value is None else float(value)
-
-    def label_for(self, probabilities: np.ndarray) -> str:
-        """The artist named for one row of probabilities, or "unknown" below the rejection threshold."""
-        return name_artist(probabilities, self.classes_, self.threshold)
+        return self.card.rules.threshold
 
     # --- predicting ----------------------------------------------------------------------------------------------
     def features(self, images: Sequence[ImageInput]) -> np.ndarray:
@@ -100,32 +123,33 @@ class Model:
             samples, self.extractor, cache=cache, workers=workers, storage_options=storage_options, progress=progress
         )
 
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities for feature vectors: the head's scores over the card's temperature."""
+        if len(features) == 0:
+            return np.zeros((0, len(self.card.classes)), np.float64)
+        return softmax(self.head._scores(features), self.card.calibration.temperature)
+
     def predict_proba(self, images: Sequence[ImageInput] | ImageInput) -> np.ndarray:
         """One row per image, one column per artist in the order of `classes_`."""
-        return self.head.predict_proba(self.features(_as_list(images)))
+        return self.probabilities(self.features(_as_list(images)))
+
+    def answer(self, images: Sequence[ImageInput] | ImageInput, *, top_k: int = 1) -> list[Answer]:
+        """What artistid says about each image: the artist or a refusal, the closest artist and the top-k."""
+        return self.card.decide(self.predict_proba(images), top_k=top_k)
 
     def predict(self, images: Sequence[ImageInput] | ImageInput) -> np.ndarray:
-        return self.classes_[self.predict_proba(images).argmax(axis=1)]
+        """The answer for each image: an artist's name, or "unknown" / "not_a_painting" (an object array)."""
+        return np.array([answer.artist for answer in self.answer(images)], dtype=object)
+
+    def torch_module(self) -> ArtistForward:
+        """The whole model as one torch module (`artistid.forward.ArtistForward`): pixels -> probabilities."""
+        from artistid.forward import ArtistForward, linear_head
+
+        head = linear_head(self.head.coef_, self.head.intercept_).requires_grad_(False)
+        module = ArtistForward(self.backbone, head, self.card.calibration.temperature)
+        return module.to(self.extractor.device).eval()
 
     # --- the model file ------------------------------------------------------------------------------------------
-    def to_metadata(self) -> dict[str, Any]:
-        spec = self.backbone.spec
-        return {
-            **self.info,
-            "classes": [str(c) for c in self.classes_],
-            "backbone": {
-                "name": spec.name,
-                "architecture": spec.architecture,
-                "feature_nodes": list(self.backbone.feature_nodes),
-                "pooling": self.backbone.pooling,
-                "weights_sha256": self.backbone.weights_sha256,
-            },
-            "preprocess": self.preprocess.to_dict(),
-            "precision": self.extractor.precision,
-            "head": {"type": "linear", "n_features": int(self.head.n_features_in_), "params": self.head.get_params()},
-            "versions": library_versions(),
-        }
-
     def tensors(self) -> dict[str, torch.Tensor]:
         import torch
 
@@ -136,26 +160,32 @@ class Model:
 
     def save(self, uri: str | Path, storage_options: dict[str, Any] | None = None) -> None:
         """Writes one self-contained model file (atomically; a storage URI works too)."""
-        write_model_file(uri, self.tensors(), self.to_metadata(), storage_options)
+        write_model_file(uri, self.tensors(), replace(self.card, versions=library_versions()), storage_options)
 
     @classmethod
     def load(cls, uri: str | Path, storage_options: dict[str, Any] | None = None) -> Model:
-        tensors, meta = read_model_file(uri, storage_options)
+        tensors, card = read_model_file(uri, storage_options)
         try:
             state = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
-            backbone = rebuild_backbone(meta["backbone"], Preprocess.from_dict(meta["preprocess"]), state)
+            backbone = rebuild_backbone(card.backbone, card.preprocess, state)
             weight, bias = tensors["head.weight"].float().numpy(), tensors["head.bias"].float().numpy()
-            if weight.shape != (len(meta["classes"]), meta["head"]["n_features"]) or bias.shape != weight.shape[:1]:
+            if weight.shape != (len(card.classes), card.head.n_features) or bias.shape != weight.shape[:1]:
                 raise ValueError(
-                    f"{len(meta['classes'])} classes of {meta['head']['n_features']} features, but a head of shape "
+                    f"{len(card.classes)} classes of {card.head.n_features} features, but a head of shape "
                     f"{weight.shape} + {bias.shape}"
                 )
-            head = ArtistHead.from_layer(meta["classes"], weight, bias, **meta["head"]["params"])
-            head.temperature_ = float(meta.get("calibration", {}).get("temperature", 1.0))
+            head = ArtistHead.from_layer(card.classes, weight, bias, **card.head.params)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{uri}: model file is inconsistent ({type(exc).__name__}: {exc})") from None
-        info = {k: v for k, v in meta.items() if k in ("training", "metrics", "calibration", "created")}
-        return cls(backbone, head, precision=meta.get("precision", "auto"), info=info)
+        return cls(
+            backbone,
+            head,
+            precision=card.precision,
+            calibration=card.calibration,
+            training=card.training,
+            metrics=card.metrics,
+            versions=card.versions,
+        )
 
 
 def _as_list(images: Sequence[ImageInput] | ImageInput) -> list[ImageInput]:

@@ -2,8 +2,9 @@
 
 The graph takes what `artistid.images.load_image` returns, stacked: uint8 pixels, NHWC, (batch, size, size, 3) in RGB
 order, and gives softmax probabilities (batch, classes). Normalization, backbone, head and temperature are inside
-the graph; everything else (class names, preprocessing, rejection threshold) is JSON in the ONNX file's
-`metadata_props` under the key "artistid", so any ONNX runtime in any language can use the file.
+the graph; the model card (class names, preprocessing, refusal rules...: `artistid.card`) and how to feed the graph
+are JSON in the ONNX file's `metadata_props` under the key "artistid", so any ONNX runtime in any language can use
+the file. Answers are decided by `artistid.answers.decide`, as on every other surface.
 
 This module imports neither torch nor onnx: serving an .onnx file needs only onnxruntime, numpy and Pillow.
 """
@@ -16,32 +17,32 @@ from typing import Any
 
 import numpy as np
 
-from artistid.calibration import name_artist
+from artistid.answers import Answer
+from artistid.card import ModelCard, card_from_dict
 from artistid.errors import ModelFileError
-from artistid.images import Preprocess
 from artistid.storage import file_sha256
 
 __all__ = ["INPUT_NAME", "METADATA_KEY", "ONNX_FORMAT", "OUTPUT_NAME", "OnnxModel"]
 
 ONNX_FORMAT = "artistid-onnx"
-ONNX_FORMAT_VERSION = 1
+ONNX_FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 METADATA_KEY = "artistid"
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probabilities"
 
 
 class OnnxModel:
-    """Class probabilities for uint8 NHWC pixels, with the metadata the export wrote."""
+    """Class probabilities for uint8 NHWC pixels, with the model card and metadata the export wrote."""
 
     def __init__(self, session: Any, metadata: dict[str, Any], *, path: str = "", sha256: str = "") -> None:
         self.session = session
         self.metadata = metadata
         self.path = path
         self.sha256 = sha256
-        self.classes_ = np.asarray(metadata["classes"], dtype=object)
-        self.preprocess = Preprocess.from_dict(metadata["preprocess"])
-        threshold = metadata.get("threshold")
-        self.threshold: float | None = None if threshold is None else float(threshold)
+        self.card: ModelCard = _card(metadata)
+        self.classes_ = np.asarray(self.card.classes, dtype=object)
+        self.preprocess = self.card.preprocess
 
     @classmethod
     def load(cls, path: str | Path, *, threads: int | None = None) -> OnnxModel:
@@ -68,19 +69,15 @@ class OnnxModel:
             metadata = {}
         if metadata.get("format") != ONNX_FORMAT:
             raise ModelFileError(f"{path}: not exported by `artistid export` (no artistid metadata in the ONNX file)")
-        if metadata.get("version") != ONNX_FORMAT_VERSION:
+        if metadata.get("version") not in READABLE_VERSIONS:
             raise ModelFileError(
                 f"{path}: artistid ONNX format version {metadata.get('version')} is not supported "
-                f"(this artistid reads version {ONNX_FORMAT_VERSION}); export the model again"
+                f"(this artistid reads versions {', '.join(map(str, READABLE_VERSIONS))}); export the model again"
             )
         try:
             return cls(session, metadata, path=str(path), sha256=file_sha256(path))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(f"{path}: artistid metadata is inconsistent ({type(exc).__name__}: {exc})") from None
-
-    @property
-    def backbone(self) -> dict[str, Any]:
-        return dict(self.metadata.get("backbone", {}))
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities (n, classes) for uint8 pixels (n, size, size, 3)."""
@@ -89,6 +86,14 @@ class OnnxModel:
         (probabilities,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(pixels, dtype=np.uint8)})
         return probabilities
 
-    def label_for(self, probabilities: np.ndarray) -> str:
-        """The artist named for one row of probabilities, or "unknown" below the rejection threshold."""
-        return name_artist(probabilities, self.classes_, self.threshold)
+    def answer(self, pixels: np.ndarray, *, top_k: int = 1) -> list[Answer]:
+        """What artistid says about each image, decided as on every other surface."""
+        return self.card.decide(self.predict_pixels(pixels), top_k=top_k)
+
+
+def _card(metadata: dict[str, Any]) -> ModelCard:
+    if metadata.get("version") == 1:  # the card's sections at the top level, the threshold beside the temperature
+        head = {"n_features": 0}  # not recorded: the graph holds the head
+        calibration = {"temperature": metadata.get("temperature", 1.0), "threshold": metadata.get("threshold")}
+        return card_from_dict({**metadata, "head": head, "calibration": calibration}, version=1)
+    return card_from_dict(metadata["card"])

@@ -2,7 +2,7 @@
 
     POST /v1/predict   multipart `files` (one or more images) -> artist, probability and top-k per image
     POST /v1/explain   one image (multipart `file`) -> PNG: where the model looked (Grad-CAM; torch runtime)
-    GET  /v1/model     classes, backbone, preprocessing, threshold, training metrics
+    GET  /v1/model     the model card: classes, backbone, preprocessing, calibration, training, metrics
     GET  /healthz      liveness, and how requests were batched
     GET  /             the page: drop a painting, see the artist and the probabilities
     GET  /docs         OpenAPI
@@ -38,7 +38,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
 
+from artistid.answers import Refusal
 from artistid.batching import MicroBatcher
+from artistid.card import (
+    BackboneCard,
+    CalibrationCard,
+    HeadCard,
+    LibraryVersions,
+    Metrics,
+    ModelCard,
+    TrainingCard,
+)
 from artistid.errors import ArtistIdError, ImageError, ModelFileError, NotAnImageError
 from artistid.images import Preprocess, load_image
 from artistid.onnx_model import OnnxModel
@@ -78,13 +88,37 @@ class ModelIdentity(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    """The model card (`artistid.card.ModelCard`) of the model being served, and which file it is."""
+
     model: ModelIdentity
-    classes: list[str]
-    threshold: float | None = Field(description='Below this top probability the artist is "unknown".')
-    preprocess: dict[str, Any]
-    backbone: dict[str, Any]
-    metrics: dict[str, Any] = Field(description="Test-set metrics recorded at training time.")
-    training: dict[str, Any]
+    classes: list[str] = Field(description="The artists, in the order of the probabilities.")
+    threshold: float | None = Field(
+        description='Below this top probability the artist is "unknown" (the same as calibration.rules.threshold).'
+    )
+    backbone: BackboneCard
+    preprocess: Preprocess
+    head: HeadCard
+    precision: str = Field(description="Arithmetic the model's features were computed with when it was trained.")
+    calibration: CalibrationCard = Field(description="The temperature and the refusal rules, and how they were fitted.")
+    training: TrainingCard | None
+    metrics: Metrics | None = Field(description="Test-set metrics recorded at training time.")
+    versions: LibraryVersions
+
+    @classmethod
+    def of(cls, identity: ModelIdentity, card: ModelCard) -> ModelInfo:
+        return cls(
+            model=identity,
+            classes=list(card.classes),
+            threshold=card.rules.threshold,
+            backbone=card.backbone,
+            preprocess=card.preprocess,
+            head=card.head,
+            precision=card.precision,
+            calibration=card.calibration,
+            training=card.training,
+            metrics=card.metrics,
+            versions=card.versions,
+        )
 
 
 @dataclass
@@ -92,8 +126,7 @@ class ServedModel:
     """What the service needs from a model, whichever runtime computes it."""
 
     predict: Callable[[np.ndarray], np.ndarray]  # uint8 (n, size, size, 3) -> probabilities (n, classes)
-    label_for: Callable[[np.ndarray], str]
-    preprocess: Preprocess
+    card: ModelCard  # decides the answers
     info: ModelInfo
     # (image bytes, name, artist or None) -> the Grad-CAM heat map; needs gradients, so PyTorch only.
     explain: Callable[[bytes, str, str | None], Explanation] | None = None
@@ -109,24 +142,14 @@ def runtime_for(path: str | Path, runtime: str | None = None) -> Runtime:
 
 def _load_onnx(path: Path) -> ServedModel:
     model = OnnxModel.load(path)
-    meta = model.metadata
     identity = ModelIdentity(
         name=path.name,
         sha256=model.sha256,
-        backbone=str(model.backbone.get("name", "")),
+        backbone=model.card.backbone.name,
         runtime="onnx",
-        precision=str(meta.get("precision", "fp32")),
+        precision=model.card.precision,
     )
-    info = ModelInfo(
-        model=identity,
-        classes=[str(c) for c in model.classes_],
-        threshold=model.threshold,
-        preprocess=model.preprocess.to_dict(),
-        backbone=model.backbone,
-        metrics=meta.get("metrics", {}),
-        training=meta.get("training", {}),
-    )
-    return ServedModel(model.predict_pixels, model.label_for, model.preprocess, info)
+    return ServedModel(model.predict_pixels, model.card, ModelInfo.of(identity, model.card))
 
 
 def _load_torch(path: Path) -> ServedModel:
@@ -138,22 +161,12 @@ def _load_torch(path: Path) -> ServedModel:
     # gave at these batch sizes (p50 15 vs 23 ms per request on two cores), and the other core decodes uploads.
     torch.set_num_threads(1)
     model = Model.load(path)
-    meta = model.to_metadata()
     identity = ModelIdentity(
         name=path.name,
         sha256=file_sha256(path),
-        backbone=model.backbone.spec.name,
+        backbone=model.card.backbone.name,
         runtime="torch",
         precision=model.extractor.precision,
-    )
-    info = ModelInfo(
-        model=identity,
-        classes=meta["classes"],
-        threshold=model.threshold,
-        preprocess=meta["preprocess"],
-        backbone=meta["backbone"],
-        metrics=meta.get("metrics", {}),
-        training=meta.get("training", {}),
     )
 
     # Grad-CAM hooks the network that the batcher thread runs: the two must not use it at the same time.
@@ -161,7 +174,7 @@ def _load_torch(path: Path) -> ServedModel:
 
     def predict(pixels: np.ndarray) -> np.ndarray:
         with network_lock:
-            return model.head.predict_proba(model.extractor(pixels))
+            return model.probabilities(model.extractor(pixels))
 
     def explain(data: bytes, name: str, artist: str | None) -> Explanation:
         from artistid.explain import grad_cam
@@ -169,7 +182,7 @@ def _load_torch(path: Path) -> ServedModel:
         with network_lock:
             return grad_cam(model, data, artist, name=name)
 
-    return ServedModel(predict, model.label_for, model.preprocess, info, explain)
+    return ServedModel(predict, model.card, ModelInfo.of(identity, model.card), explain)
 
 
 def check_model_file(path: str | Path, runtime: str | None = None) -> None:
@@ -180,9 +193,9 @@ def check_model_file(path: str | Path, runtime: str | None = None) -> None:
         return
     if path.suffix.lower() == ".onnx":
         raise ModelFileError(f"{path}: an ONNX file runs on the onnx runtime, not torch")
-    from artistid.model_file import read_metadata
+    from artistid.model_file import read_card
 
-    read_metadata(path)
+    read_card(path)
 
 
 def load_served_model(path: str | Path, runtime: str | None = None) -> ServedModel:
@@ -202,7 +215,9 @@ class ArtistScore(BaseModel):
 
 class Prediction(BaseModel):
     filename: str
-    artist: str = Field(description='The artist named, or "unknown" when the top probability is below the threshold.')
+    artist: str = Field(description='The artist named, or the refusal: "unknown" or "not_a_painting".')
+    refusal: Refusal | None = Field(description='Why no artist is named ("unknown", "not_a_painting"), or null.')
+    closest: str = Field(description="The most likely of the artists the model knows, named even when refused.")
     probability: float = Field(description="Probability of the most likely artist.")
     top_k: list[ArtistScore]
 
@@ -375,21 +390,19 @@ def create_app(
             raise HTTPException(413, f"{len(files)} files in one request; at most {MAX_FILES}")
         model: ServedModel = request.app.state.model
         uploads = [(upload.filename or f"file {i + 1}", await upload.read()) for i, upload in enumerate(files)]
-        pixels = await run_in_threadpool(_decode_all, uploads, model.preprocess)
+        pixels = await run_in_threadpool(_decode_all, uploads, model.card.preprocess)
         probabilities = await asyncio.wrap_future(request.app.state.batcher.submit(pixels))
-        classes = model.info.classes
-        k = min(top_k, len(classes))
-        predictions = []
-        for (name, _), row in zip(uploads, probabilities, strict=True):
-            order = np.argsort(row)[::-1][:k]
-            predictions.append(
-                Prediction(
-                    filename=name,
-                    artist=model.label_for(row),
-                    probability=float(row[order[0]]),
-                    top_k=[ArtistScore(artist=classes[i], probability=float(row[i])) for i in order],
-                )
+        predictions = [
+            Prediction(
+                filename=name,
+                artist=answer.artist,
+                refusal=answer.refusal,
+                closest=answer.closest,
+                probability=answer.probability,
+                top_k=[ArtistScore(artist=artist, probability=p) for artist, p in answer.top_k],
             )
+            for (name, _), answer in zip(uploads, model.card.decide(probabilities, top_k=top_k), strict=True)
+        ]
         return PredictResponse(model=model.info.model, predictions=predictions)
 
     @app.post(
@@ -426,7 +439,7 @@ def create_app(
 
     @app.get("/v1/model", response_model=ModelInfo)
     def model_info(request: Request) -> ModelInfo:
-        """The model being served: its classes, backbone, preprocessing and training metrics."""
+        """The model being served: its model card (classes, backbone, preprocessing, calibration, training, metrics)."""
         return request.app.state.model.info
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health)

@@ -48,11 +48,11 @@ from pyspark.sql import types as T
 
 from artistid import storage
 from artistid.backbones import rebuild_backbone
+from artistid.card import ExtractorCard, from_dict, to_dict
 from artistid.datasets import Sample
 from artistid.errors import ArtistIdError
 from artistid.evaluate import Evaluation, score_predictions
 from artistid.features import FeatureExtractor, read_and_decode
-from artistid.images import Preprocess
 from artistid.model import Model
 
 __all__ = [
@@ -152,18 +152,9 @@ def _extractor_file(extractor: FeatureExtractor) -> Path:
     from safetensors.torch import save
 
     backbone = extractor.backbone
-    spec = backbone.spec
-    recipe = {
-        "name": spec.name,
-        "architecture": spec.architecture,
-        "preprocess": spec.preprocess.to_dict(),
-        "feature_nodes": list(backbone.feature_nodes),
-        "pooling": backbone.pooling,
-        "weights_sha256": backbone.weights_sha256,
-        "precision": extractor.precision,
-    }
+    card = ExtractorCard(backbone.card, backbone.preprocess, extractor.precision)
     state = {k: v.detach().cpu().contiguous() for k, v in backbone.network.state_dict().items()}
-    return _stage(save(state, metadata={"artistid.backbone": json.dumps(recipe)}), "backbone")
+    return _stage(save(state, metadata={"artistid.extractor": json.dumps(to_dict(card))}), "backbone")
 
 
 def _load_extractor(path: str) -> FeatureExtractor:
@@ -171,9 +162,9 @@ def _load_extractor(path: str) -> FeatureExtractor:
     from safetensors.torch import load_file
 
     with safe_open(path, framework="pt") as handle:
-        recipe = json.loads(handle.metadata()["artistid.backbone"])
-    backbone = rebuild_backbone(recipe, Preprocess.from_dict(recipe["preprocess"]), load_file(path))
-    return FeatureExtractor(backbone, precision=recipe["precision"])
+        card = from_dict(ExtractorCard, json.loads(handle.metadata()["artistid.extractor"]))
+    backbone = rebuild_backbone(card.backbone, card.preprocess, load_file(path))
+    return FeatureExtractor(backbone, precision=card.precision)  # type: ignore[arg-type]
 
 
 # Per executor Python process (Spark reuses them across tasks): the backbone or model of each shipped file.
@@ -236,16 +227,17 @@ def _score_chunk(job: _Job, engine: FeatureExtractor | Model, chunk: pa.RecordBa
         decoded = [_decode(i, p, job, extractor) for i, p in enumerate(paths)]
     else:  # reads from a store wait on the network, not the CPU: overlap them
         with ThreadPoolExecutor(max_workers=_REMOTE_READS) as pool:
-            decoded = list(pool.map(lambda item: _decode(*item, job, extractor), enumerate(paths)))
+            decoded = list(pool.map(lambda item: _decode(item[0], item[1], job, extractor), enumerate(paths)))
     usable = [i for i, (pixels, _) in enumerate(decoded) if pixels is not None]
     errors = pa.array([None if pixels is not None else error for pixels, error in decoded], pa.string())
-    features = extractor(np.stack([decoded[i][0] for i in usable])) if usable else np.zeros((0, 0), np.float32)
+    pixels = [image for image, _ in decoded if image is not None]  # the usable rows, in order
+    features = extractor(np.stack(pixels)) if pixels else np.zeros((0, 0), np.float32)
     columns = dict(zip(chunk.schema.names, chunk.columns, strict=True))
     if isinstance(engine, Model):
-        probabilities = engine.head.predict_proba(features) if usable else np.zeros((0, 0))
+        probabilities = engine.probabilities(features)
         artists: list[str | None] = [None] * len(paths)
-        for row, i in enumerate(usable):
-            artists[i] = engine.label_for(probabilities[row])
+        for i, answer in zip(usable, engine.card.decide(probabilities), strict=True):
+            artists[i] = answer.artist
         columns[job.output_col] = pa.array(artists, pa.string())
         columns[job.probability_col] = _vectors(probabilities, usable, len(paths), pa.float64())
     else:
@@ -339,7 +331,7 @@ def _hadoop_write(spark: SparkSession, uri: str, data: bytes) -> None:
     """Writes a small file through Spark's own Hadoop file system, which can reach wherever Spark writes."""
     jvm = spark.sparkContext._jvm
     path = jvm.org.apache.hadoop.fs.Path(uri)  # type: ignore[union-attr]
-    stream = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).create(path, True)  # type: ignore[union-attr]
+    stream = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).create(path, True)
     try:
         stream.write(bytearray(data))
     finally:
@@ -432,7 +424,7 @@ def predict(
     started = time.perf_counter()
     model, job = _model_job(spark, model_uri, storage_options, batch_size=batch_size)
     frame = samples_frame(spark, samples, partitions)
-    info = {"kind": "predictions", "model": str(model_uri), "classes": [str(c) for c in model.classes_]}
+    info = {"kind": "predictions", "model": str(model_uri), "classes": list(model.card.classes)}
     _write(_score(frame, job), output, info)
     return _run_summary(spark, output, job.error_col, started, frame.rdd.getNumPartitions())
 
@@ -502,7 +494,7 @@ class ArtistFeaturizer(Transformer, _ImageParams):
         super().__init__()
         self.extractor = extractor
         self._setDefault(imageCol="path", outputCol="features", errorCol="error", batchSize=16, storageOptions={})
-        kwargs = {k: v for k, v in self._input_kwargs.items() if k != "extractor"}
+        kwargs = {k: v for k, v in self._input_kwargs.items() if k != "extractor"}  # type: ignore[attr-defined]
         self._set(**kwargs)
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
@@ -559,7 +551,7 @@ class ArtistPredictor(Transformer, _ImageParams):
             batchSize=16,
             storageOptions={},
         )
-        self._set(**self._input_kwargs)
+        self._set(**self._input_kwargs)  # type: ignore[attr-defined]
 
     def classes(self) -> list[str]:
         """The artists, in the order of the probability column."""

@@ -21,6 +21,7 @@ import numpy as np
 from artistid import storage
 from artistid.backbones import Backbone, Pooling, create_backbone
 from artistid.calibration import DEFAULT_FALSE_REJECTION, calibrate, out_of_fold_scores
+from artistid.card import CalibrationCard, TrainingCard
 from artistid.datasets import Sample
 from artistid.errors import ArtistIdError
 from artistid.features import FeatureCache, FeatureExtractor, FeatureSet, Precision, featurize
@@ -182,11 +183,11 @@ def fit_head(features: FeatureSet, settings: TrainSettings) -> tuple[ArtistHead,
     return head, len(train_rows), len(val_rows)
 
 
-def calibrate_head(head: ArtistHead, features: FeatureSet, settings: TrainSettings) -> dict[str, Any] | None:
+def calibrate_head(features: FeatureSet, settings: TrainSettings) -> CalibrationCard | None:
     """Fits the temperature and the rejection threshold on out-of-fold scores of the training rows.
 
-    Sets `head.temperature_` and returns the model file's "calibration" section, or None when calibration is
-    off or the data is too small (fewer images of some artist than folds).
+    Returns the model card's calibration section, or None when calibration is off or the data is too small (fewer
+    images of some artist than folds).
     """
     if settings.calibration_folds < 2:
         return None
@@ -205,16 +206,12 @@ def calibrate_head(head: ArtistHead, features: FeatureSet, settings: TrainSettin
         settings.head(), features.features[train_rows], y, settings.calibration_folds, settings.seed
     )
     targets = np.searchsorted(np.unique(y), y)
-    found = calibrate(
+    return calibrate(
         scores,
         targets,
         false_rejection=settings.false_rejection,
         method=f"{settings.calibration_folds}-fold cross-fitting on the training set",
     )
-    head.temperature_ = found.temperature
-    result = found.to_dict()
-    result["validation_accuracy"] = float(np.mean(scores.argmax(axis=1) == targets))
-    return result
 
 
 def _backbone(settings: TrainSettings) -> Backbone:
@@ -238,20 +235,16 @@ def _result(
 ) -> TrainResult:
     started = time.perf_counter()
     head, n_train, n_val = fit_head(features, settings)
-    calibration = calibrate_head(head, features, settings)
-    info: dict[str, Any] = {
-        "training": {
-            "settings": settings.to_dict(),
-            "fingerprint": fingerprint,
-            "n_train": n_train,
-            "n_val": n_val,
-            "history": head.history_,
-            "skipped": len(features.errors),
-        }
-    }
-    if calibration is not None:
-        info["calibration"] = calibration
-    model = Model(backbone, head, precision=extractor.precision, info=info)
+    training = TrainingCard(
+        settings=settings.to_dict(),
+        fingerprint=fingerprint,
+        n_train=n_train,
+        n_val=n_val,
+        history=tuple(head.history_),
+        skipped=len(features.errors),
+    )
+    calibration = calibrate_head(features, settings)
+    model = Model(backbone, head, precision=extractor.precision, calibration=calibration, training=training)
     return TrainResult(
         model, head.history_, n_train, n_val, features.errors, featurize_seconds, time.perf_counter() - started
     )
