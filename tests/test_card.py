@@ -23,6 +23,7 @@ from artistid.card import (
     card_to_dict,
     card_to_json,
     from_dict,
+    to_dict,
 )
 from artistid.errors import ModelFileError
 from artistid.images import Preprocess
@@ -88,7 +89,7 @@ def _write_v1(model: Model, path: Path, *, finetuned: bool = False, calibrated: 
             "pooling": card.backbone.pooling,
             "weights_sha256": card.backbone.weights_sha256,
         },
-        "preprocess": card.preprocess.to_dict(),
+        "preprocess": to_dict(card.preprocess),  # the same layout in both versions
         "precision": card.precision,
         "head": {"type": "linear", "n_features": card.head.n_features, "params": card.head.params},
         "versions": {"artistid": "0.1.0", "torch": "2.14.1", "timm": "1.0.0", "python": "3.11.0"},

@@ -29,8 +29,8 @@ def test_heat_map_covers_the_painting_and_names_the_top_artist(demo_model: Model
     assert explanation.heat.shape == explanation.picture.shape[:2]
     # The painting's own shape (scaled down for display), not the network's square input.
     assert explanation.heat.shape[1] / explanation.heat.shape[0] == pytest.approx(width / height, rel=0.02)
-    # A map that points somewhere: its hottest regions are well above the painting's average.
-    assert explanation.heat.max() > 2 * explanation.heat.mean()
+    # A map that points somewhere: some regions are far hotter than others.
+    assert np.quantile(explanation.heat, 0.95) - np.quantile(explanation.heat, 0.05) > 0.5
     probabilities = demo_model.predict_proba(painting)[0]
     assert explanation.artist == demo_model.classes_[probabilities.argmax()]
     assert explanation.probability == pytest.approx(probabilities.max(), abs=1e-3)

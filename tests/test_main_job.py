@@ -160,6 +160,20 @@ def test_validation_split_and_bad_options(demo_data: Path, tmp_path: Path, cache
     assert code == 1 and "no such file or folder" in err
 
 
+def test_a_bug_keeps_its_traceback_instead_of_passing_for_a_usage_error(
+    demo_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import artistid.datasets
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("a bug, not bad input")
+
+    monkeypatch.setattr(artistid.datasets, "load_dataset", broken)
+    result = runner.invoke(app, ["train", str(demo_data), "-o", str(tmp_path / "m.safetensors")])
+    assert isinstance(result.exception, ValueError) and str(result.exception) == "a bug, not bad input"
+    assert "artistid: error" not in result.output
+
+
 def test_evaluate_report_with_unknown_artists_and_bad_files(
     demo_model_path: Path, demo_data: Path, tmp_path: Path, cache_dir: Path
 ) -> None:

@@ -160,7 +160,10 @@ def test_a_slow_answer_about_an_earlier_painting_never_replaces_the_later_one(
     page.close()
 
 
-def test_an_unknown_painting_is_said_so_with_the_closest_artist(browser, onnx_server: Server, demo_data: Path) -> None:
+@pytest.mark.parametrize("refusal", ["unknown", "not_a_painting"])
+def test_a_refusal_is_said_so_with_the_closest_artist(
+    browser, onnx_server: Server, demo_data: Path, refusal: str
+) -> None:
     painting = sorted((demo_data / "Test" / "Claude_Monet").iterdir())[0]
     threshold = httpx.get(f"{onnx_server.url}/v1/model").json()["threshold"]
     scores = [("Rembrandt", 0.41), ("Claude_Monet", 0.35), ("Vincent_van_Gogh", 0.24)]
@@ -169,7 +172,9 @@ def test_an_unknown_painting_is_said_so_with_the_closest_artist(browser, onnx_se
         "predictions": [
             {
                 "filename": painting.name,
-                "artist": "unknown",
+                "artist": refusal,
+                "refusal": refusal,
+                "closest": "Rembrandt",
                 "probability": 0.41,
                 "top_k": [{"artist": artist, "probability": p} for artist, p in scores],
             }
@@ -179,10 +184,14 @@ def test_an_unknown_painting_is_said_so_with_the_closest_artist(browser, onnx_se
     page.route("**/v1/predict*", lambda route: route.fulfill(json=answer))
     page.set_input_files("#file", str(painting))
     page.locator("#artist").wait_for(state="visible", timeout=30_000)
-    assert page.locator("#artist").inner_text() == "an artist the model does not know"
-    assert page.locator("#confidence").inner_text() == (
-        f"closest: Rembrandt at 41.0%, under the {threshold * 100:.1f}% it needs to name an artist"
-    )
+    if refusal == "unknown":
+        assert page.locator("#artist").inner_text() == "an artist the model does not know"
+        assert page.locator("#confidence").inner_text() == (
+            f"closest: Rembrandt at 41.0%, under the {threshold * 100:.1f}% it needs to name an artist"
+        )
+    else:
+        assert page.locator("#artist").inner_text() == "not a painting"
+        assert page.locator("#confidence").inner_text() == "closest artist: Rembrandt at 41.0%"
     page.close()
 
 

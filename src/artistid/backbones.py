@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from artistid.card import BackboneCard, Pooling
-from artistid.errors import WeightsError
+from artistid.errors import UsageError, WeightsError
 from artistid.images import Preprocess
 from artistid.storage import file_sha256
 
@@ -327,7 +327,7 @@ class Backbone:
         from timm.models import create_feature_extractor
 
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
+            raise UsageError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
         self.spec = spec
         network = copy.deepcopy(network)
         self.network = network.eval().requires_grad_(False)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from artistid.errors import UsageError
+
 __all__ = ["BatchStats", "MicroBatcher"]
 
 logger = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ class MicroBatcher:
 
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], *, max_batch: int = 32) -> None:
         if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1; got {max_batch}")
+            raise UsageError(f"max_batch must be at least 1; got {max_batch}")
         self.predict = predict
         self.max_batch = max_batch
         self.stats = BatchStats()

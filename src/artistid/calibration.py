@@ -17,6 +17,7 @@ import numpy as np
 
 from artistid.answers import RefusalRules
 from artistid.card import CalibrationCard
+from artistid.errors import UsageError
 
 __all__ = [
     "DEFAULT_FALSE_REJECTION",
@@ -78,7 +79,7 @@ def fit_temperature(scores: np.ndarray, targets: np.ndarray) -> float:
 def choose_threshold(confidence: np.ndarray, false_rejection: float = DEFAULT_FALSE_REJECTION) -> float:
     """The top probability below which a share `false_rejection` of these (known-artist) paintings falls."""
     if not 0 <= false_rejection < 1:
-        raise ValueError(f"false_rejection must be in [0, 1); got {false_rejection!r}")
+        raise UsageError(f"false_rejection must be in [0, 1); got {false_rejection!r}")
     confidence = np.sort(np.asarray(confidence, dtype=np.float64))
     if len(confidence) == 0 or false_rejection == 0:
         return 0.0

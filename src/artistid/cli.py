@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
-from artistid.errors import ArtistIdError
+from artistid.errors import ArtistIdError, UsageError
 
 app = typer.Typer(
     name="artistid",
@@ -27,23 +27,22 @@ app = typer.Typer(
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# How `predict` says each refusal ("unknown", "not_a_painting") in its table.
-REFUSAL_WORDS = {"unknown": "unknown", "not_a_painting": "not a painting"}
-
 
 def handle_errors(command: F) -> F:
-    """Bad input ends the command with one line naming the file and the reason, and exit status 1."""
+    """Bad input ends the command with one line naming the file and the reason: exit status 2 for a setting out of
+    range (a usage error, as click's are), 1 for anything else. Any other exception is a bug and keeps its
+    traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
+        except UsageError as exc:
+            typer.echo(f"artistid: error: {exc}", err=True)
+            raise typer.Exit(2) from None
         except ArtistIdError as exc:
             typer.echo(f"artistid: error: {exc}", err=True)
             raise typer.Exit(1) from None
-        except ValueError as exc:  # parameter checks of the estimator and recipe: a usage error, as click's are
-            typer.echo(f"artistid: error: {exc}", err=True)
-            raise typer.Exit(2) from None
         except OSError as exc:  # what the early checks of _check_output cannot foresee (a full disk, say)
             where = f"{exc.filename}: " if exc.filename else ""
             typer.echo(f"artistid: error: {where}{exc.strerror or exc}", err=True)
@@ -155,12 +154,14 @@ def _spark(engine: str) -> Any:
 
 
 def _echo_spark_run(run: Any, done: str, as_json: bool) -> None:
+    from artistid.report import skipped_lines
+
     if as_json:
         _print_json(run.to_dict())
         return
     typer.echo(run.summary(done))
-    for path, reason in run.errors:
-        typer.echo(f"skipped {path}: {reason.removeprefix(path + ': ')}", err=True)
+    for line in skipped_lines(run.errors):
+        typer.echo(line, err=True)
 
 
 def _configure_logging(quiet: bool) -> None:
@@ -235,6 +236,7 @@ def featurize(
 
     With --engine spark, OUTPUT is a Parquet folder (path, label, features, error) that `train` reads too.
     """
+    from artistid import report
     from artistid.backbones import create_backbone
     from artistid.datasets import load_dataset
     from artistid.features import FeatureExtractor
@@ -270,37 +272,16 @@ def featurize(
         progress=not quiet and not as_json,
     )
     features.to_parquet(output, options)
-    summary = {
-        "images": len(features),
-        "skipped": len(features.errors),
-        "seconds": round(features.seconds, 3),
-        "output": output,
-        "skipped_files": [{"path": p, "reason": r} for p, r in features.errors],
-    }
     if as_json:
-        _print_json(summary)
+        _print_json(report.featurize_record(features, output))
         return
-    rate = len(features) / max(features.seconds, 1e-9)
-    typer.echo(f"{len(features)} images featurized in {features.seconds:.1f} s ({rate:.0f} img/s) -> {output}")
-    for path, reason in features.errors:
-        typer.echo(f"skipped {path}: {reason.removeprefix(path + ': ')}", err=True)
+    typer.echo(report.featurize_line(features, output))
+    for line in report.skipped_lines(features.errors):
+        typer.echo(line, err=True)
 
 
 # --- train -----------------------------------------------------------------------------------------------------
-def _epoch_line(record: dict[str, float], epochs: int) -> str:
-    if "iterations" in record:  # the lbfgs solver: one fit to convergence, no epochs
-        line = f"L-BFGS: {int(record['iterations'])} iterations  loss {record['loss']:.4f}  "
-        line += f"train error {record['train_error']:.1%}"
-        return line + (f"  val accuracy {record['val_accuracy']:.1%}" if "val_accuracy" in record else "")
-    line = (
-        f"epoch {int(record['epoch'])}/{epochs}  lr {record['lr']:g}  loss {record['loss']:.4f}  "
-        f"train error {record['train_error']:.1%}"
-    )
-    if "val_accuracy" in record:
-        line += f"  val accuracy {record['val_accuracy']:.1%}"
-    return line
-
-
+# Recipe options default to None: "not given", so the preset's value stands (artistid.train.preset).
 @app.command()
 @handle_errors
 def train(
@@ -312,39 +293,52 @@ def train(
         ),
     ],
     output: Annotated[str, typer.Option("--output", "-o", help="Model file to write (a storage URI works too).")],
-    backbone: Backbone = "efficientnet_lite0",
-    weights: Weights = None,
-    feature_node: FeatureNode = None,
-    pooling: Pooling = "avg",
-    precision: Precision = "auto",
-    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 7,
-    batch_size: Annotated[int, typer.Option(help="Minibatch size.")] = 50,
-    lr: Annotated[
-        str, typer.Option(help="Learning rate per epoch: '0.2x10,0.1' = 0.2 for 10 epochs, then 0.1.")
-    ] = "0.2x10,0.1",
-    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
-    l2: Annotated[float, typer.Option(help="L2 weight decay.")] = 0.0005,
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same model.")] = 123,
-    val_fraction: Annotated[float, typer.Option(help="Hold out this fraction of Train for validation.")] = 0.0,
-    patience: Annotated[int | None, typer.Option(help="Stop after N epochs without validation gain.")] = None,
-    balance: Annotated[bool, typer.Option(help="Weight artists by inverse frequency.")] = False,
     preset: Annotated[
         str,
-        typer.Option(help="Recipe: fast (the defaults) or best (style statistics at 512 px, whole and 2 x 2 tiles)."),
+        typer.Option(
+            help="Recipe: fast (the reference design's) or best (style statistics at 512 px, whole and 2 x 2 "
+            "tiles); the recipe options below change it."
+        ),
     ] = "fast",
+    backbone: Annotated[
+        str | None, typer.Option("--backbone", help="Backbone name (see `artistid backbones`).")
+    ] = None,
+    weights: Weights = None,
+    feature_node: FeatureNode = None,
+    pooling: Annotated[
+        str | None, typer.Option("--pooling", help="avg, or meanstd: channel means and stds (style).")
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="auto, fp32 or bf16 (auto: bf16 where native).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training set [fast: 7].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Minibatch size [fast: 50].")] = None,
+    lr: Annotated[
+        str | None,
+        typer.Option(help="Learning rate per epoch: '0.2x10,0.1' = 0.2 for 10 epochs, then 0.1 [fast: 0.2x10,0.1]."),
+    ] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum [fast: 0.9].")] = None,
+    l2: Annotated[float | None, typer.Option(help="L2 weight decay [fast: 0.0005].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed: the same seed gives the same model [123].")] = None,
+    val_fraction: Annotated[float | None, typer.Option(help="Hold out this fraction of Train for validation.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Stop after N epochs without validation gain.")] = None,
+    balance: Annotated[bool | None, typer.Option(help="Weight artists by inverse frequency.")] = None,
     image_size: Annotated[
         int | None, typer.Option(help="Backbone input side in pixels (default: the backbone's own).")
     ] = None,
-    tiles: Tiles = 1,
-    solver: Annotated[str, typer.Option(help="Head solver: sgd (the reference recipe) or lbfgs.")] = "sgd",
-    standardize: Annotated[bool, typer.Option(help="Standardize the features before the head.")] = False,
+    tiles: Annotated[
+        int | None,
+        typer.Option(help="Also see each painting as N x N squares of the input size (brushwork of large scans)."),
+    ] = None,
+    solver: Annotated[str | None, typer.Option(help="Head solver: sgd (the reference recipe) or lbfgs.")] = None,
+    standardize: Annotated[bool | None, typer.Option(help="Standardize the features before the head.")] = None,
     calibration_folds: Annotated[
-        int, typer.Option(help="Folds of Train for the temperature and rejection threshold (0: none).")
-    ] = 5,
+        int | None, typer.Option(help="Folds of Train for the temperature and rejection threshold (0: none) [5].")
+    ] = None,
     false_rejection: Annotated[
-        float, typer.Option(help="Share of known-artist paintings the 'unknown' threshold may reject (validation).")
-    ] = 0.02,
-    ctx: typer.Context = None,  # type: ignore[assignment]
+        float | None,
+        typer.Option(help="Share of known-artist paintings the 'unknown' threshold may reject (validation) [0.02]."),
+    ] = None,
     min_accuracy: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Exit with status 3 if test accuracy is below (0-1).")
     ] = None,
@@ -359,123 +353,87 @@ def train(
     quiet: Quiet = False,
 ) -> None:
     """Train a model: features from the frozen backbone (cached), a dense layer on top, evaluation on Test."""
+    from artistid import report
     from artistid import train as training
     from artistid.card import to_dict
     from artistid.datasets import Dataset, load_dataset
-    from artistid.errors import ModelFileError
     from artistid.evaluate import evaluate, format_report
     from artistid.features import FeatureSet
-    from artistid.model import Model
-    from artistid.model_file import read_card
 
     _configure_logging(quiet)
     options = _options(storage_option)
-    chosen = {
-        "backbone": backbone,
-        "weights": str(weights) if weights else None,
-        "feature_nodes": tuple(feature_node) if feature_node else None,
-        "pooling": pooling,
-        "precision": precision,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "momentum": momentum,
-        "l2": l2,
-        "balance": balance,
-        "patience": patience,
-        "val_fraction": val_fraction,
-        "seed": seed,
-        "image_size": image_size,
-        "tiles": tiles,
-        "solver": solver,
-        "standardize": standardize,
-        "calibration_folds": calibration_folds,
-        "false_rejection": false_rejection,
-    }
-    # The preset gives the recipe; options typed on the command line change it. (Typer ships its own click, so
-    # the parameter source is compared by name.)
-    option_of = {"feature_nodes": "feature_node"}
-    given = {
-        name: value
-        for name, value in chosen.items()
-        if ctx is None or getattr(ctx.get_parameter_source(option_of.get(name, name)), "name", "") == "COMMANDLINE"
-    }
-    settings = training.preset(preset, **given) if ctx is not None else training.TrainSettings(**given)
-    settings.head()._check_params()
+    settings = training.preset(
+        preset,
+        backbone=backbone,
+        weights=str(weights) if weights else None,
+        feature_nodes=tuple(feature_node) if feature_node else None,
+        pooling=pooling,
+        precision=precision,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=momentum,
+        l2=l2,
+        balance=balance,
+        patience=patience,
+        val_fraction=val_fraction,
+        seed=seed,
+        image_size=image_size,
+        tiles=tiles,
+        solver=solver,
+        standardize=standardize,
+        calibration_folds=calibration_folds,
+        false_rejection=false_rejection,
+    )
+    settings.check()
     _check_output(output)
     say = (lambda _: None) if as_json else typer.echo
     cache = _cache(cache_dir, no_cache)
     from_features = data.endswith(".parquet")
     dataset = Dataset(root=data, train=[]) if from_features else load_dataset(data, options)
-    fingerprint = (
-        None
-        if from_features
-        else training.data_fingerprint([s for s in dataset.train if s.label is not None], settings)
-    )
 
     model = None
-    if not force and fingerprint is not None:
-        try:
-            previous = read_card(output, options)
-        except ModelFileError:
-            previous = None
-        if previous and previous.training and previous.training.fingerprint == fingerprint:
+    if not force and not from_features:
+        labelled = [s for s in dataset.train if s.label is not None]
+        model = training.reusable_model(output, training.data_fingerprint(labelled, settings), options)
+        if model is not None:
             say(f"reusing {output}: it was trained from the same Train/ and settings (--force retrains)")
-            model = Model.load(output, options)
     result = None
     if model is None:
         if from_features:
             result = training.train_from_features(FeatureSet.from_parquet(data), settings)
         else:
+            progress = not quiet and not as_json
             result = training.train(
-                dataset.train,
-                settings,
-                cache=cache,
-                workers=workers,
-                storage_options=options,
-                progress=not quiet and not as_json,
+                dataset.train, settings, cache=cache, workers=workers, storage_options=options, progress=progress
             )
         model = result.model
-        for path, reason in result.skipped:
-            typer.echo(f"skipped {path}: {reason.removeprefix(path + ': ')}", err=True)
-        say(
-            f"features for {result.n_train + result.n_val} images in {result.featurize_seconds:.1f} s; "
-            f"head trained on {result.n_train}" + (f", validated on {result.n_val}" if result.n_val else "")
-        )
-        for record in result.history:
-            say(_epoch_line(record, settings.epochs))
-        calibration = model.card.calibration
-        if calibration.method:
-            say(
-                f"calibrated on {calibration.n} held-out predictions: temperature {calibration.temperature:.2f}, "
-                f"ECE {calibration.ece_before:.1%} -> {calibration.ece_after:.1%}; "
-                f"'unknown' below probability {calibration.rules.threshold:.2f}"
-            )
+        for line in report.skipped_lines(result.skipped):
+            typer.echo(line, err=True)
+        for line in report.training_lines(result, settings.epochs):
+            say(line)
 
     if dataset.test:  # a reused model too: Test/ may have changed since it was trained
+        progress = not quiet and not as_json
         evaluation = evaluate(
-            model,
-            dataset.test,
-            cache=cache,
-            workers=workers,
-            storage_options=options,
-            progress=not quiet and not as_json,
+            model, dataset.test, cache=cache, workers=workers, storage_options=options, progress=progress
         )
         model.card = replace(model.card, metrics=evaluation.card_metrics())
         say(format_report(evaluation))
     elif model.metrics is not None and model.metrics.accuracy is not None:
         say(f"accuracy {model.metrics.accuracy:.1%} on {model.metrics.n} test images (from the model file)")
-    metrics = to_dict(model.metrics) if model.metrics is not None else {}
     if result is not None:
         model.save(output, options)
         say(f"model written to {output}")
+    metrics = to_dict(model.metrics) if model.metrics is not None else {}
     if as_json:
+        training_card = model.card.training
         _print_json(
             {
                 "output": output,
                 "reused": result is None,
                 "metrics": metrics,
-                "history": to_dict(model.card.training.history) if model.card.training else [],
+                "history": to_dict(training_card.history) if training_card else [],
                 "skipped": [{"path": p, "reason": r} for p, r in (result.skipped if result else [])],
             }
         )
@@ -562,6 +520,7 @@ def predict(
     quiet: Quiet = False,
 ) -> None:
     """Name the artist of each painting."""
+    from artistid import report
     from artistid.datasets import list_images
     from artistid.model import Model
 
@@ -594,30 +553,12 @@ def predict(
         progress=not quiet and not as_json and len(samples) > 50,
     )
     answers = model.card.decide(model.probabilities(features.features), top_k=top_k)
-    records: dict[str, dict[str, Any]] = {}
-    for path, answer in zip(features.paths, answers, strict=True):
-        records[path] = {
-            "path": path,
-            "artist": answer.artist,  # or the refusal: "unknown", "not_a_painting"
-            "refusal": answer.refusal,
-            "closest": answer.closest,
-            "probability": answer.probability,
-            "top_k": [{"artist": artist, "probability": p} for artist, p in answer.top_k],
-        }
-    for path, reason in features.errors:
-        records[path] = {"path": path, "error": reason.removeprefix(path + ": ")}
-    ordered = [records[s.path] for s in samples if s.path in records]
+    records = report.predict_records(samples, features.paths, answers, features.errors)
     if as_json:
-        _print_json(ordered)
+        _print_json(records)
     else:
-        width = max((len(r["path"]) for r in ordered), default=4)
-        for record in ordered:
-            if "error" in record:
-                typer.echo(f"{record['path']:<{width}}  error: {record['error']}")
-                continue
-            ranked = "  ".join(f"{t['artist']} {t['probability']:.3f}" for t in record["top_k"])
-            verdict = f"{REFUSAL_WORDS[record['refusal']]} (best guess: {ranked})" if record["refusal"] else ranked
-            typer.echo(f"{record['path']:<{width}}  {verdict}")
+        for line in report.predict_lines(records):
+            typer.echo(line)
     if strict and features.errors:
         raise typer.Exit(1)
 

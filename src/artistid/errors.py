@@ -9,12 +9,20 @@ __all__ = [
     "ModelFileError",
     "NotAnImageError",
     "SourceError",
+    "UsageError",
     "WeightsError",
 ]
 
 
 class ArtistIdError(Exception):
     """Base class of every error artistid raises on bad input."""
+
+
+class UsageError(ArtistIdError, ValueError):
+    """A setting or option out of its range: a command exits 2 on it, as on any usage error.
+
+    It is a ValueError too, as Python and scikit-learn expect of a bad parameter.
+    """
 
 
 class SourceError(ArtistIdError):

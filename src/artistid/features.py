@@ -25,7 +25,7 @@ import numpy as np
 
 from artistid import storage
 from artistid.datasets import Sample
-from artistid.errors import ArtistIdError, ImageError
+from artistid.errors import ArtistIdError, ImageError, UsageError
 from artistid.images import MAX_PIXELS, Preprocess, load_image
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class FeatureExtractor:
         from artistid.forward import ArtistForward
 
         if precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"precision must be auto, fp32 or bf16; got {precision!r}")
+            raise UsageError(f"precision must be auto, fp32 or bf16; got {precision!r}")
         self.backbone = backbone
         self.device = torch.device(
             "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)

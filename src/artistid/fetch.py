@@ -21,7 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from artistid import storage
-from artistid.errors import SourceError
+from artistid.errors import SourceError, UsageError
 
 __all__ = ["FetchItem", "FetchReport", "fetch", "parse_manifest", "plan_fetch", "safe_target"]
 
@@ -328,7 +328,7 @@ def fetch(
     Raises SourceError before copying anything when SOURCE cannot be read or a manifest line is bad or unsafe.
     """
     if workers < 1:
-        raise ValueError(f"workers must be 1 or more; got {workers}")
+        raise UsageError(f"workers must be 1 or more; got {workers}")
     root = Path(to)
     items = plan_fetch(source, storage_options, retry=retry, timeout=timeout)
     for item in items:

@@ -22,6 +22,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from artistid.calibration import softmax
+from artistid.errors import UsageError
 
 __all__ = ["SOLVERS", "ArtistHead", "parse_lr_schedule"]
 
@@ -37,14 +38,14 @@ def parse_lr_schedule(text: str) -> list[tuple[float, int | None]]:
     for position, part in enumerate(parts):
         match = re.fullmatch(r"([0-9.eE+-]+)(?:x(\d+))?", part)
         if match is None:
-            raise ValueError(f"learning-rate schedule {text!r}: expected e.g. '0.2x10,0.1', not {part!r}")
+            raise UsageError(f"learning-rate schedule {text!r}: expected e.g. '0.2x10,0.1', not {part!r}")
         rate = float(match[1])
         epochs = int(match[2]) if match[2] else None
         if rate <= 0 or (epochs is None and position < len(parts) - 1) or epochs == 0:
-            raise ValueError(f"learning-rate schedule {text!r}: rates must be > 0 and only the last may omit 'xN'")
+            raise UsageError(f"learning-rate schedule {text!r}: rates must be > 0 and only the last may omit 'xN'")
         schedule.append((rate, epochs))
     if not schedule:
-        raise ValueError("learning-rate schedule is empty")
+        raise UsageError("learning-rate schedule is empty")
     return schedule
 
 
@@ -99,19 +100,19 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
 
     def _check_params(self) -> list[tuple[float, int | None]]:
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
-            raise ValueError(f"epochs must be a positive integer; got {self.epochs!r}")
+            raise UsageError(f"epochs must be a positive integer; got {self.epochs!r}")
         if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
-            raise ValueError(f"batch_size must be a positive integer; got {self.batch_size!r}")
+            raise UsageError(f"batch_size must be a positive integer; got {self.batch_size!r}")
         if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1); got {self.momentum!r}")
+            raise UsageError(f"momentum must be in [0, 1); got {self.momentum!r}")
         if self.l2 < 0:
-            raise ValueError(f"l2 must be >= 0; got {self.l2!r}")
+            raise UsageError(f"l2 must be >= 0; got {self.l2!r}")
         if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {', '.join(SOLVERS)}; got {self.solver!r}")
+            raise UsageError(f"solver must be one of {', '.join(SOLVERS)}; got {self.solver!r}")
         if self.solver == "lbfgs" and self.l2 <= 0:
-            raise ValueError(f"the lbfgs solver needs l2 > 0; got {self.l2!r}")
+            raise UsageError(f"the lbfgs solver needs l2 > 0; got {self.l2!r}")
         if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
-            raise ValueError(f"max_iter must be a positive integer; got {self.max_iter!r}")
+            raise UsageError(f"max_iter must be a positive integer; got {self.max_iter!r}")
         return parse_lr_schedule(self.lr)
 
     def fit(self, X: Any, y: Any, *, X_val: Any = None, y_val: Any = None) -> ArtistHead:

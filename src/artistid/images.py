@@ -15,7 +15,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from artistid.errors import ImageError, NotAnImageError
+from artistid.errors import ImageError, NotAnImageError, UsageError
 
 __all__ = [
     "MAX_PIXELS",
@@ -48,11 +48,11 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if self.fit not in ("stretch", "crop", "pad"):
-            raise ValueError(f"fit must be one of stretch, crop, pad; got {self.fit!r}")
+            raise UsageError(f"fit must be one of stretch, crop, pad; got {self.fit!r}")
         if not 16 <= self.size <= 2048:
-            raise ValueError(f"size must be between 16 and 2048 pixels; got {self.size}")
+            raise UsageError(f"size must be between 16 and 2048 pixels; got {self.size}")
         if not 1 <= self.tiles <= 8 or self.side > 4096:
-            raise ValueError(f"tiles must be between 1 and 8, and tiles x size at most 4096 pixels; got {self.tiles}")
+            raise UsageError(f"tiles must be between 1 and 8, and tiles x size at most 4096 pixels; got {self.tiles}")
 
     @property
     def side(self) -> int:

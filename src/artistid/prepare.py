@@ -27,7 +27,7 @@ from scipy.sparse.csgraph import connected_components
 
 from artistid import storage
 from artistid.datasets import Sample, load_dataset, load_split
-from artistid.errors import ImageError, SourceError
+from artistid.errors import ImageError, SourceError, UsageError
 from artistid.images import decode_image
 
 __all__ = [
@@ -218,7 +218,7 @@ def prepare(
     another artist goes to Train, never Test, so no copy crosses the split. Writes `prepare-report.json`.
     """
     if not 0 <= test_fraction < 1:
-        raise ValueError(f"test fraction must be in [0, 1); got {test_fraction}")
+        raise UsageError(f"test fraction must be in [0, 1); got {test_fraction}")
     destination = Path(to)
     for split in ("Train", "Test"):
         if (destination / split).exists() and any((destination / split).iterdir()):

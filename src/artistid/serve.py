@@ -49,7 +49,7 @@ from artistid.card import (
     ModelCard,
     TrainingCard,
 )
-from artistid.errors import ArtistIdError, ImageError, ModelFileError, NotAnImageError
+from artistid.errors import ArtistIdError, ImageError, ModelFileError, NotAnImageError, UsageError
 from artistid.images import Preprocess, load_image
 from artistid.onnx_model import OnnxModel
 from artistid.storage import file_sha256
@@ -136,7 +136,7 @@ def runtime_for(path: str | Path, runtime: str | None = None) -> Runtime:
     if runtime is None:
         return "onnx" if str(path).lower().endswith(".onnx") else "torch"
     if runtime not in ("torch", "onnx"):
-        raise ValueError(f"runtime must be torch or onnx; got {runtime!r}")
+        raise UsageError(f"runtime must be torch or onnx; got {runtime!r}")
     return runtime  # type: ignore[return-value]
 
 

@@ -19,14 +19,16 @@ from typing import Any
 import numpy as np
 
 from artistid import storage
-from artistid.backbones import Backbone, Pooling, create_backbone
+from artistid.backbones import POOLINGS, Backbone, create_backbone
 from artistid.calibration import DEFAULT_FALSE_REJECTION, calibrate, out_of_fold_scores
-from artistid.card import CalibrationCard, TrainingCard
+from artistid.card import CalibrationCard, Pooling, TrainingCard
 from artistid.datasets import Sample
-from artistid.errors import ArtistIdError
+from artistid.errors import ArtistIdError, ModelFileError, UsageError
 from artistid.features import FeatureCache, FeatureExtractor, FeatureSet, Precision, featurize
 from artistid.head import ArtistHead
+from artistid.images import Preprocess
 from artistid.model import Model
+from artistid.model_file import read_card
 
 __all__ = [
     "PRESETS",
@@ -36,6 +38,7 @@ __all__ = [
     "data_fingerprint",
     "fit_head",
     "preset",
+    "reusable_model",
     "train",
     "train_from_features",
 ]
@@ -69,9 +72,22 @@ class TrainSettings:
     calibration_folds: int = 5
     false_rejection: float = DEFAULT_FALSE_REJECTION  # share of known-artist paintings the threshold may reject
 
-    def head(self) -> ArtistHead:
+    def check(self) -> None:
+        """Raises UsageError, naming the setting, for a recipe that cannot be trained."""
         if self.patience is not None and not self.val_fraction:
-            raise ValueError("patience stops on the validation loss: set val_fraction (--val-fraction) too")
+            raise UsageError("patience stops on the validation loss: set val_fraction (--val-fraction) too")
+        if not 0 <= self.val_fraction < 1:
+            raise UsageError(f"val_fraction (--val-fraction) must be in [0, 1); got {self.val_fraction}")
+        if not 0 <= self.false_rejection < 1:
+            raise UsageError(f"false_rejection (--false-rejection) must be in [0, 1); got {self.false_rejection}")
+        if self.pooling not in POOLINGS:
+            raise UsageError(f"pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise UsageError(f"precision must be auto, fp32 or bf16; got {self.precision!r}")
+        Preprocess(size=self.image_size or 224, tiles=self.tiles)  # the input size and tiles in range
+        self.head()._check_params()
+
+    def head(self) -> ArtistHead:
         return ArtistHead(
             epochs=self.epochs,
             batch_size=self.batch_size,
@@ -121,10 +137,21 @@ PRESETS: dict[str, TrainSettings] = {
 
 
 def preset(name: str, **overrides: Any) -> TrainSettings:
-    """The named recipe, with some settings changed."""
+    """The named recipe, with the settings given changed; a setting given as None keeps the preset's."""
     if name not in PRESETS:
-        raise ArtistIdError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
-    return replace(PRESETS[name], **overrides)
+        raise UsageError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
+    return replace(PRESETS[name], **{key: value for key, value in overrides.items() if value is not None})
+
+
+def reusable_model(output: str, fingerprint: str, storage_options: dict[str, Any] | None = None) -> Model | None:
+    """The model already at `output` when it was trained from the same data and settings, else None."""
+    try:
+        previous = read_card(output, storage_options)
+    except ModelFileError:  # no model there yet, or not one of ours: train
+        return None
+    if previous.training is None or previous.training.fingerprint != fingerprint:
+        return None
+    return Model.load(output, storage_options)
 
 
 @dataclass
@@ -261,6 +288,7 @@ def train(
 ) -> TrainResult:
     """Trains a model on labelled samples (unlabelled ones are ignored)."""
     settings = settings or TrainSettings()
+    settings.check()
     labelled = [s for s in samples if s.label is not None]
     backbone = _backbone(settings)
     extractor = FeatureExtractor(backbone, precision=settings.precision)
@@ -286,6 +314,7 @@ def _check_every_artist_kept(labelled: Sequence[Sample], features: FeatureSet) -
 def train_from_features(features: FeatureSet, settings: TrainSettings | None = None) -> TrainResult:
     """Trains the head on vectors computed elsewhere; they must come from the same backbone and settings."""
     settings = settings or TrainSettings()
+    settings.check()
     backbone = _backbone(settings)
     extractor = FeatureExtractor(backbone, precision=settings.precision)
     if features.identity and features.identity != extractor.identity():

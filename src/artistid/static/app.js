@@ -56,7 +56,10 @@ function showPrediction(prediction) {
   const closest = prediction.top_k[0];
   const artist = $("artist");
   artist.dataset.artist = prediction.artist;
-  if (prediction.artist === "unknown") {
+  if (prediction.refusal === "not_a_painting") {
+    artist.textContent = "not a painting";
+    $("confidence").textContent = `closest artist: ${pretty(closest.artist)} at ${percent(closest.probability)}`;
+  } else if (prediction.refusal === "unknown") {
     artist.textContent = "an artist the model does not know";
     const needed = typeof threshold === "number" ? `, under the ${percent(threshold)} it needs to name an artist` : "";
     $("confidence").textContent = `closest: ${pretty(closest.artist)} at ${percent(closest.probability)}${needed}`;
