@@ -178,7 +178,7 @@ def backbones(
     nodes: Annotated[str | None, typer.Option("--nodes", help="List the layer names of this backbone.")] = None,
     as_json: Json = False,
 ) -> None:
-    """List the registered backbones and whether their pretrained weights are available offline."""
+    """List the registered backbones and whether their weights are available offline; any Hub one works too."""
     from artistid.backbones import get_spec, list_backbones, list_feature_nodes, weights_available
 
     if nodes:
@@ -204,6 +204,12 @@ def backbones(
     for row in rows:
         state = "offline" if row["offline"] else "download on first use"
         typer.echo(f"{row['name']:<20} {row['input_size']:>4}px  {state:<22} {row['description']}")
+    typer.echo(
+        "\nAny timm pretrained name (e.g. vit_small_patch14_dinov2.lvd142m, convnext_tiny.fb_in22k_ft_in1k) or "
+        "hf-hub:ORG/REPO works too:\nits weights come from the Hugging Face Hub once, into its cache (HF_HOME; "
+        "HF_HUB_OFFLINE=1: the cache only). List them with\n"
+        "python -c \"import timm; print(timm.list_pretrained('convnext*'))\"; offline, pass --weights FILE."
+    )
 
 
 # --- featurize -------------------------------------------------------------------------------------------------
