@@ -119,6 +119,13 @@ Master = Annotated[
     str | None, typer.Option("--master", help="Spark master, e.g. local[2]; default: spark-submit's, else local[*].")
 ]
 Partitions = Annotated[int | None, typer.Option("--partitions", help="Spark partitions; default: 4 per core.")]
+Mlflow = Annotated[
+    bool, typer.Option("--mlflow", help="Log the run (recipe, metrics, reports) and the model to MLflow.")
+]
+MlflowUri = Annotated[
+    str | None,
+    typer.Option("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)."),
+]
 
 
 def _options(items: list[str] | None) -> dict[str, Any] | None:
@@ -169,6 +176,14 @@ def _configure_logging(quiet: bool) -> None:
 
 def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _log_to_mlflow(uri: str | None, model: Any, recipe: dict[str, Any], evaluation: Any, **extra: Any) -> Any:
+    from artistid import tracking
+
+    run = tracking.log_training(model, recipe=recipe, evaluation=evaluation, uri=uri, **extra)
+    typer.echo(f"MLflow run {run.run_id} in {run.tracking_uri}; model {run.model_uri}", err=True)
+    return run
 
 
 # --- backbones -------------------------------------------------------------------------------------------------
@@ -361,6 +376,8 @@ def train(
     no_cache: NoCache = False,
     workers: Workers = None,
     storage_option: StorageOption = None,
+    mlflow: Mlflow = False,
+    mlflow_uri: MlflowUri = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -458,6 +475,7 @@ def train(
                 f"'unknown' below probability {calibration.rules.threshold:.2f}"
             )
 
+    evaluation = None
     if dataset.test:  # a reused model too: Test/ may have changed since it was trained
         evaluation = evaluate(
             model,
@@ -475,6 +493,11 @@ def train(
     if result is not None:
         model.save(output, options)
         say(f"model written to {output}")
+    run = None
+    if mlflow:
+        timings = {"featurize": result.featurize_seconds, "fit": result.fit_seconds} if result else {}
+        history = result.history if result else None
+        run = _log_to_mlflow(mlflow_uri, model, settings.to_dict(), evaluation, timings=timings, history=history)
     if as_json:
         _print_json(
             {
@@ -483,6 +506,7 @@ def train(
                 "metrics": metrics,
                 "history": to_dict(model.card.training.history) if model.card.training else [],
                 "skipped": [{"path": p, "reason": r} for p, r in (result.skipped if result else [])],
+                **({"mlflow": {"run_id": run.run_id, "model_uri": run.model_uri}} if run else {}),
             }
         )
     accuracy = metrics.get("accuracy")
@@ -655,6 +679,8 @@ def finetune(
     workers: Workers = None,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
+    mlflow: Mlflow = False,
+    mlflow_uri: MlflowUri = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -686,6 +712,7 @@ def finetune(
     result = run_finetune(dataset.train, settings, checkpoint_dir=checkpoint_dir, resume=resume, workers=workers)
     model = result.model
     metrics: dict[str, Any] = {}
+    evaluation = None
     if dataset.test:
         evaluation = evaluate(model, dataset.test, cache=_cache(cache_dir, no_cache), workers=workers, progress=False)
         model.card = replace(model.card, metrics=evaluation.card_metrics())
@@ -693,6 +720,9 @@ def finetune(
         if not as_json:
             typer.echo(format_report(evaluation))
     model.save(output)
+    if mlflow:
+        timings = {"finetune": result.seconds}
+        _log_to_mlflow(mlflow_uri, model, settings.to_dict(), evaluation, timings=timings, history=result.history)
     if as_json:
         _print_json(
             {"output": output, "metrics": metrics, "history": result.history, "resumed_from": result.resumed_from}
