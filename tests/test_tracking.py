@@ -82,9 +82,9 @@ def _same(pyfunc_rows: pd.DataFrame, cli: list[dict]) -> None:
     assert len(pyfunc_rows) == len(cli)
     for row, expected in zip(pyfunc_rows.to_dict("records"), cli, strict=True):
         if "error" in expected:
-            assert pd.isna(row["artist"]) and row["error"] == expected["error"]
+            assert row["artist"] is None and row["error"] == expected["error"]
             continue
-        assert row["artist"] == expected["artist"]
+        assert row["artist"] == expected["artist"] and row["error"] is None
         assert row["probability"] == pytest.approx(expected["probability"], abs=1e-6)
         assert [t["artist"] for t in row["top_k"]] == [t["artist"] for t in expected["top_k"]]
 
@@ -101,7 +101,7 @@ def test_the_logged_model_answers_as_artistid_predict(logged: dict, small_datase
     images = pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]})
     by_bytes = loaded.predict(images, params={"top_k": 2})
     _same(by_bytes.iloc[:-1], expected[:-1])
-    assert pd.isna(by_bytes.iloc[-1]["artist"]) and "not an image" in by_bytes.iloc[-1]["error"]
+    assert by_bytes.iloc[-1]["artist"] is None and "not an image" in by_bytes.iloc[-1]["error"]
 
 
 def test_the_logged_model_goes_into_the_registry_and_behind_mlflow_serving(logged: dict, small_dataset: Path) -> None:

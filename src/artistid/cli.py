@@ -178,12 +178,17 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
-def _log_to_mlflow(uri: str | None, model: Any, recipe: dict[str, Any], evaluation: Any, **extra: Any) -> Any:
+def _log_to_mlflow(
+    uri: str | None, model: Any, recipe: dict[str, Any], evaluation: Any, *, quiet: bool, as_json: bool, **extra: Any
+) -> dict[str, Any]:
+    """Logs the run to MLflow (`artistid.tracking`); returns its --json fields."""
     from artistid import tracking
 
-    run = tracking.log_training(model, recipe=recipe, evaluation=evaluation, uri=uri, **extra)
-    typer.echo(f"MLflow run {run.run_id} in {run.tracking_uri}; model {run.model_uri}", err=True)
-    return run
+    progress = not quiet and not as_json
+    run = tracking.log_training(model, recipe=recipe, evaluation=evaluation, uri=uri, progress=progress, **extra)
+    if not as_json:
+        typer.echo(f"MLflow run {run.run_id} in {run.tracking_uri}; model {run.model_uri}")
+    return {"mlflow": {"tracking_uri": run.tracking_uri, "run_id": run.run_id, "model_uri": run.model_uri}}
 
 
 # --- backbones -------------------------------------------------------------------------------------------------
@@ -493,11 +498,20 @@ def train(
     if result is not None:
         model.save(output, options)
         say(f"model written to {output}")
-    run = None
+    tracked = {}
     if mlflow:
         timings = {"featurize": result.featurize_seconds, "fit": result.fit_seconds} if result else {}
         history = result.history if result else None
-        run = _log_to_mlflow(mlflow_uri, model, settings.to_dict(), evaluation, timings=timings, history=history)
+        tracked = _log_to_mlflow(
+            mlflow_uri,
+            model,
+            settings.to_dict(),
+            evaluation,
+            quiet=quiet,
+            as_json=as_json,
+            timings=timings,
+            history=history,
+        )
     if as_json:
         _print_json(
             {
@@ -506,7 +520,7 @@ def train(
                 "metrics": metrics,
                 "history": to_dict(model.card.training.history) if model.card.training else [],
                 "skipped": [{"path": p, "reason": r} for p, r in (result.skipped if result else [])],
-                **({"mlflow": {"run_id": run.run_id, "model_uri": run.model_uri}} if run else {}),
+                **tracked,
             }
         )
     accuracy = metrics.get("accuracy")
@@ -720,12 +734,28 @@ def finetune(
         if not as_json:
             typer.echo(format_report(evaluation))
     model.save(output)
+    tracked = {}
     if mlflow:
-        timings = {"finetune": result.seconds}
-        _log_to_mlflow(mlflow_uri, model, settings.to_dict(), evaluation, timings=timings, history=result.history)
+        timings, history = {"finetune": result.seconds}, result.history
+        tracked = _log_to_mlflow(
+            mlflow_uri,
+            model,
+            settings.to_dict(),
+            evaluation,
+            quiet=quiet,
+            as_json=as_json,
+            timings=timings,
+            history=history,
+        )
     if as_json:
         _print_json(
-            {"output": output, "metrics": metrics, "history": result.history, "resumed_from": result.resumed_from}
+            {
+                "output": output,
+                "metrics": metrics,
+                "history": result.history,
+                "resumed_from": result.resumed_from,
+                **tracked,
+            }
         )
         return
     typer.echo(f"fine-tuned in {result.seconds:.0f} s; model written to {output}")

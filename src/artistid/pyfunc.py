@@ -86,4 +86,5 @@ def answer_frame(model: Model, frame: pd.DataFrame, top_k: int = 1) -> pd.DataFr
                 "error": None,
             }
         )
-    return pd.DataFrame.from_records(records, columns=ANSWER_COLUMNS)
+    # Object columns keep None as None (JSON null when served), where inferred dtypes would turn it into NaN.
+    return pd.DataFrame({name: pd.Series([r[name] for r in records], dtype=object) for name in ANSWER_COLUMNS})

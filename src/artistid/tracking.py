@@ -11,11 +11,13 @@ store only on request (MLFLOW_ALLOW_FILE_STORE), so naming a file store here mak
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,6 +123,7 @@ def log_training(
     uri: str | None = None,
     experiment: str | None = None,
     run_name: str | None = None,
+    progress: bool = True,
 ) -> TrackedRun:
     """Logs one training run and its model to MLflow; returns where they are."""
     mlflow = _mlflow()
@@ -140,7 +143,11 @@ def log_training(
         inputs=Schema([ColSpec("string", "path", required=False), ColSpec("binary", "image", required=False)]),
         params=ParamSchema([ParamSpec("top_k", "long", 1)]),
     )
-    with tempfile.TemporaryDirectory(prefix="artistid-mlflow-") as scratch, mlflow.start_run(run_name=run_name) as run:
+    with (
+        _progress_bars(progress),
+        tempfile.TemporaryDirectory(prefix="artistid-mlflow-") as scratch,
+        mlflow.start_run(run_name=run_name) as run,
+    ):
         folder = Path(scratch)
         mlflow.log_params(params)
         mlflow.set_tags({"artistid.backbone": model.backbone.spec.name, "artistid.classes": len(model.classes_)})
@@ -156,15 +163,34 @@ def log_training(
             mlflow.log_artifacts(str(folder / "report"), artifact_path="report")
         code = folder / "artistid_pyfunc.py"
         code.write_text(_MODEL_CODE)
-        logged = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(code),
-            artifacts={"model_file": str(model_file)},
-            signature=signature,
-            pip_requirements=_requirements(),
-        )
+        with warnings.catch_warnings():
+            # The signature says what goes in; an example would have to be a painting on the logging machine.
+            warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
+            logged = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(code),
+                artifacts={"model_file": str(model_file)},
+                signature=signature,
+                pip_requirements=_requirements(),
+            )
     logger.info("MLflow run %s in %s: model %s", run.info.run_id, where, logged.model_uri)
     return TrackedRun(where, name, run.info.run_id, logged.model_uri)
+
+
+@contextlib.contextmanager
+def _progress_bars(shown: bool) -> Iterator[None]:
+    """MLflow's artifact progress bars, off while this logs when `shown` is false (MLflow reads its setting here)."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(name)
+    if not shown:
+        os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _requirements() -> list[str]:
