@@ -71,7 +71,7 @@ class BackboneSpec:
     license: str = ""
     description: str = ""
     interpolation: Interpolation = "bilinear"
-    hub: hub.HubBackbone | None = field(default=None, compare=False)  # weights from the Hugging Face Hub
+    from_hub: hub.HubBackbone | None = field(default=None, compare=False)  # weights from the Hugging Face Hub
     model_args: dict[str, Any] = field(default_factory=dict, compare=False)  # for timm.create_model
 
     @property
@@ -118,7 +118,7 @@ def _hub_spec(name: str, found: hub.HubBackbone) -> BackboneSpec:
         interpolation=found.interpolation if found.interpolation in _INTERPOLATIONS else "bilinear",  # type: ignore[arg-type]
         license=found.license,
         description=f"Hugging Face Hub: {found.repo_id}",
-        hub=found,
+        from_hub=found,
         model_args=found.model_args,
     )
 
@@ -186,13 +186,12 @@ def _cached_download_path(spec: BackboneSpec) -> Path | None:
 
 def weights_available(spec: BackboneSpec) -> bool:
     """Whether the spec's pretrained weights can be had without a network."""
-    if spec.hub is not None:
+    if spec.from_hub is not None:
         from huggingface_hub import try_to_load_from_cache
 
-        names = (spec.hub.filename,) if spec.hub.filename else hub.WEIGHTS_FILES
-        return any(
-            isinstance(try_to_load_from_cache(spec.hub.repo_id, f, revision=spec.hub.revision), str) for f in names
-        )
+        found = spec.from_hub
+        names = (found.filename,) if found.filename else hub.WEIGHTS_FILES
+        return any(isinstance(try_to_load_from_cache(found.repo_id, f, revision=found.revision), str) for f in names)
     package_file = _package_weights_file(spec)
     cached = _cached_download_path(spec)
     return bool(package_file or (cached and cached.exists()))
@@ -228,8 +227,8 @@ def _resolve_weights_file(spec: BackboneSpec, weights: str | Path | None) -> tup
         if not path.is_file():
             raise WeightsError(f"{path}: weights file not found")
         return path, WeightsOrigin(source=f"file:{path.name}")
-    if spec.hub is not None:
-        found = hub.download_weights(spec.hub)
+    if spec.from_hub is not None:
+        found = hub.download_weights(spec.from_hub)
         return found.path, WeightsOrigin(found.sha256, found.source, found.revision)
     package_file = _package_weights_file(spec)
     if package_file is not None and spec.weights_package is not None:

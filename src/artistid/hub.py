@@ -104,8 +104,8 @@ def _download(name: str, repo_id: str, filename: str, revision: str | None) -> P
     from huggingface_hub import hf_hub_download
 
     with _hub_errors(name, f"{repo_id}/{filename}" + (f"@{revision}" if revision else "")):
-        return Path(hf_hub_download(repo_id, filename, revision=revision, library_name="artistid"))
-    raise AssertionError("unreachable")  # for type checkers: _hub_errors re-raises every failure
+        path = hf_hub_download(repo_id, filename, revision=revision, library_name="artistid")
+    return Path(path)
 
 
 def resolve(name: str) -> HubBackbone | None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from artistid.answers import RefusalRules, decide
 from artistid.datasets import Sample
@@ -28,7 +28,7 @@ __all__ = ["ANSWER_COLUMNS", "ArtistIdPyfunc", "answer_frame"]
 ANSWER_COLUMNS = ["artist", "refusal", "closest", "probability", "top_k", "error"]
 
 
-class ArtistIdPyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[misc]
+class ArtistIdPyfunc(PythonModel):  # type: ignore[misc]
     """Loads the logged model file once; each `predict` answers a DataFrame of images."""
 
     def load_context(self, context: Any) -> None:
