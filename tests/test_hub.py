@@ -185,3 +185,40 @@ def test_a_hub_that_is_down_with_nothing_cached_fails_the_cli_in_one_line(
     assert len(lines) == 1 and lines[0].startswith("artistid: error: backbone 'hf-hub:artistid-test/tiny-vit'")
     assert f"{endpoint} did not answer" in lines[0] and "artistid-test/tiny-vit/config.json" in lines[0]
     assert "--weights FILE" in lines[0]
+
+
+def test_finetune_a_hub_backbone_and_log_it_to_mlflow(
+    hub: StandInHub, small_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    HubEnvironment(hub.url, tmp_path / "hf").apply(monkeypatch)
+    store = (tmp_path / "mlruns").as_uri()
+    output = tmp_path / "tuned.safetensors"
+    result = CliRunner().invoke(
+        app,
+        ["finetune", str(small_dataset), "-o", str(output), "--backbone", RESNET, "--unfreeze", "all", "--epochs", "1",
+         "--batch-size", "8", "--workers", "0", "--no-cache", "--mlflow", "--mlflow-uri", store, "--json", "-q"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    tracked = json.loads(result.stdout)["mlflow"]
+    run = MlflowClient(tracking_uri=store).get_run(tracked["run_id"])
+    assert run.data.params["recipe.backbone"] == RESNET and run.data.params["recipe.unfreeze"] == "all"
+    assert run.data.params["backbone.source"] == f"fine-tuned from hf-hub:timm/{RESNET}/model.safetensors"
+    assert run.data.params["backbone.revision"] == COMMIT
+    assert "seconds.finetune" in run.data.metrics and "accuracy" in run.data.metrics
+
+    mlflow.set_tracking_uri(store)
+    image = next((small_dataset / "Test").rglob("*.jpg"))
+    answer = mlflow.pyfunc.load_model(tracked["model_uri"]).predict(pd.DataFrame({"path": [str(image)]}))
+    expected = Model.load(output).predict_proba([image])[0]
+    assert answer.iloc[0]["probability"] == pytest.approx(float(expected.max()), abs=1e-6)
+
+
+def test_the_backbones_command_says_how_to_use_any_hub_backbone() -> None:
+    result = CliRunner().invoke(app, ["backbones"])
+    assert result.exit_code == 0
+    assert "efficientnet_lite0" in result.output and "hf-hub:ORG/REPO" in result.output
+    assert "--weights FILE" in result.output and "HF_HUB_OFFLINE=1" in result.output
