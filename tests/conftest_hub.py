@@ -122,6 +122,7 @@ def hub_config(architecture: str, **pretrained: Any) -> bytes:
             "mean": [0.5, 0.5, 0.5],
             "std": [0.5, 0.5, 0.5],
             "crop_pct": 0.95,
+            "fixed_input_size": True,
             **pretrained,
         },
     }

@@ -138,6 +138,8 @@ def test_a_hub_vit_is_cut_at_its_blocks_and_its_tokens_pooled(
     tokens = style.network.blocks[0](style.network._pos_embed(style.network.patch_embed(batch)))
     assert torch.allclose(features[:, :width], tokens[:, 0], atol=1e-5)
     assert torch.allclose(features[:, width : 2 * width], tokens[:, 1:].mean(1), atol=1e-5)
+    with pytest.raises(WeightsError, match="takes 160 px inputs only"):
+        create_backbone(VIT, input_size=224)
 
 
 def test_train_on_a_hub_backbone_end_to_end_and_serve_without_the_hub(

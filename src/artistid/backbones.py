@@ -511,6 +511,11 @@ def create_backbone(
     """
     spec = get_spec(name)
     if input_size is not None and input_size != spec.input_size:
+        if spec.from_hub is not None and spec.from_hub.fixed_input_size:
+            raise WeightsError(
+                f"backbone {name!r} takes {spec.input_size} px inputs only (its position embeddings are of that size); "
+                f"drop --image-size {input_size}, or use --tiles to see large scans as squares of {spec.input_size} px"
+            )
         spec = replace(spec, input_size=input_size)
     if tiles != spec.tiles:
         spec = replace(spec, tiles=tiles)

@@ -49,6 +49,7 @@ class HubBackbone:
     interpolation: str  # timm's name: bilinear, bicubic, ...
     model_args: dict[str, Any] = field(default_factory=dict)
     license: str = ""
+    fixed_input_size: bool = False  # a ViT's position embeddings fit one input size only
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ def _from_config(
         interpolation=str(config.get("interpolation") or "bilinear"),
         model_args=model_args,
         license=str(config.get("license") or ""),
+        fixed_input_size=bool(config.get("fixed_input_size", False)),
     )
 
 
