@@ -121,3 +121,22 @@ def test_the_logged_model_goes_into_the_registry_and_behind_mlflow_serving(logge
     )
     assert response.status_code == 200, response.text
     _same(pd.DataFrame(response.json()["predictions"]), expected)
+
+
+def test_an_mlflow_server_that_does_not_answer_is_one_line_and_the_model_file_stays(
+    logged: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from artistid.errors import ArtistIdError
+    from artistid.model import Model
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's own retries, which would take minutes
+    model = Model.load(logged["output"])
+    with pytest.raises(ArtistIdError, match=f"MLflow at {dead}: cannot log the run") as failed:
+        tracking.log_training(model, recipe={"backbone": "efficientnet_lite0"}, uri=dead)
+    assert "\n" not in str(failed.value)
+    assert logged["output"].is_file()

@@ -55,6 +55,7 @@ class TrackedRun:
 def _mlflow() -> Any:
     try:
         import mlflow
+        import mlflow.exceptions
     except ImportError as exc:
         raise ArtistIdError(f"--mlflow needs MLflow ({exc}): pip install 'artistid[mlflow]'") from None
     return mlflow
@@ -125,8 +126,32 @@ def log_training(
     run_name: str | None = None,
     progress: bool = True,
 ) -> TrackedRun:
-    """Logs one training run and its model to MLflow; returns where they are."""
+    """Logs one training run and its model to MLflow; returns where they are.
+
+    Raises ArtistIdError naming the tracking URI when MLflow cannot take the run (a server that does not answer, a
+    store that cannot be written); the caller's model file is written before, and stays.
+    """
     mlflow = _mlflow()
+    try:
+        return _log(mlflow, model, recipe, evaluation, timings, history, uri, experiment, run_name, progress)
+    except (mlflow.exceptions.MlflowException, OSError) as exc:
+        lines = str(exc).strip().splitlines()
+        reason = lines[0] if lines else type(exc).__name__
+        raise ArtistIdError(f"MLflow at {tracking_uri(uri)}: cannot log the run: {reason}") from None
+
+
+def _log(
+    mlflow: Any,
+    model: Model,
+    recipe: Mapping[str, Any],
+    evaluation: Evaluation | None,
+    timings: Mapping[str, float] | None,
+    history: list[dict[str, float]] | None,
+    uri: str | None,
+    experiment: str | None,
+    run_name: str | None,
+    progress: bool,
+) -> TrackedRun:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
