@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from artistid.answers import RefusalRules, decide
 from artistid.evaluate import _metrics
+
+
+def _scored(classes: list[str], truths: list[str | None], probabilities: np.ndarray) -> dict:
+    rules = RefusalRules()
+    return _metrics(classes, truths, probabilities, decide(probabilities, classes, rules), [], rules)
 
 
 def test_accuracy_top2_and_per_artist_scores() -> None:
@@ -21,7 +27,7 @@ def test_accuracy_top2_and_per_artist_scores() -> None:
         ]
     )
     truths = ["Claude_Monet", "Pablo_Picasso", "Vincent_van_Gogh", "Vincent_van_Gogh", "Claude_Monet", None]
-    metrics = _metrics(classes, truths, probabilities, [])
+    metrics = _scored(classes, truths, probabilities)
     assert metrics["n"] == 5
     assert metrics["accuracy"] == pytest.approx(2 / 5)
     assert metrics["top2_accuracy"] == pytest.approx(4 / 5)
@@ -31,6 +37,6 @@ def test_accuracy_top2_and_per_artist_scores() -> None:
 
 def test_top2_of_two_artists_counts_every_image() -> None:
     probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])
-    metrics = _metrics(["A", "B"], ["A", "B", "B"], probabilities, [])
+    metrics = _scored(["A", "B"], ["A", "B", "B"], probabilities)
     assert metrics["accuracy"] == pytest.approx(2 / 3)
     assert metrics["top2_accuracy"] == 1.0

@@ -21,6 +21,7 @@ from conftest_hub import COMMIT, HubEnvironment, StandInHub, hub_config, tiny_we
 from typer.testing import CliRunner
 
 from artistid.backbones import create_backbone, get_spec
+from artistid.card import to_dict
 from artistid.cli import app
 from artistid.errors import WeightsError
 from artistid.model import Model
@@ -68,7 +69,7 @@ def test_download_records_sha256_and_revision_and_a_rerun_offline_uses_the_cache
 ) -> None:
     HubEnvironment(hub.url, tmp_path / "hf").apply(monkeypatch)
     backbone = create_backbone(RESNET)
-    recipe = backbone.recipe()
+    recipe = to_dict(backbone.card)
     assert recipe["weights_sha256"] == hashlib.sha256(weights["resnet"]).hexdigest()
     assert recipe["revision"] == COMMIT
     assert recipe["source"] == f"hf-hub:timm/{RESNET}/model.safetensors"
@@ -80,7 +81,7 @@ def test_download_records_sha256_and_revision_and_a_rerun_offline_uses_the_cache
     hub.stop()
     HubEnvironment(hub.url, tmp_path / "hf", offline=True).apply(monkeypatch)
     again = create_backbone(RESNET)
-    assert again.recipe() == recipe
+    assert to_dict(again.card) == recipe
     HubEnvironment(_dead_endpoint(), tmp_path / "hf").apply(monkeypatch)  # online, but the Hub does not answer
     assert create_backbone(RESNET).weights_sha256 == recipe["weights_sha256"]
 
@@ -103,7 +104,7 @@ def test_the_weights_can_be_given_as_a_file_instead(tmp_path: Path, weights: dic
     file.write_bytes(weights["resnet"])
     backbone = create_backbone(RESNET, weights=file)
     assert backbone.weights_sha256 == hashlib.sha256(weights["resnet"]).hexdigest()
-    assert backbone.recipe()["source"] == "file:resnet.safetensors"
+    assert to_dict(backbone.card)["source"] == "file:resnet.safetensors"
 
 
 def test_a_corrupted_download_is_refused_and_dropped_from_the_cache(

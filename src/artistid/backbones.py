@@ -524,7 +524,6 @@ def create_backbone(
     return Backbone(spec, network, feature_nodes, pooling, origin)
 
 
-
 def rebuild_backbone(card: BackboneCard, preprocess: Preprocess, state: dict[str, torch.Tensor]) -> Backbone:
     """A saved backbone (a model file's, or one shipped to Spark executors) from its card and weights.
 

@@ -3,8 +3,8 @@
 `predict` takes a DataFrame with a `path` column (files or storage URIs) or an `image` column (the files' bytes) and
 returns one row per input row: artist (the name, or the refusal: unknown, not_a_painting), refusal, closest,
 probability, top_k (a list of {artist, probability}) and error (why that row's image could not be used; its other
-columns are then empty). The answers come from `artistid.answers.decide`. The `top_k` param (default 1) says how
-many artists to list. `artistid.tracking` logs it; MLflow imports this module to load it.
+columns are then empty). The answers come from the model card's `decide` (`artistid.answers.decide`). The `top_k`
+param (default 1) says how many artists to list. `artistid.tracking` logs it; MLflow imports this module to load it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from artistid.answers import RefusalRules, decide
 from artistid.datasets import Sample
 from artistid.errors import ArtistIdError, ImageError
 from artistid.images import load_image
@@ -28,7 +27,7 @@ __all__ = ["ANSWER_COLUMNS", "ArtistIdPyfunc", "answer_frame"]
 ANSWER_COLUMNS = ["artist", "refusal", "closest", "probability", "top_k", "error"]
 
 
-class ArtistIdPyfunc(PythonModel):  # type: ignore[misc]
+class ArtistIdPyfunc(PythonModel):
     """Loads the logged model file once; each `predict` answers a DataFrame of images."""
 
     def load_context(self, context: Any) -> None:
@@ -67,9 +66,7 @@ def _features(model: Model, frame: pd.DataFrame) -> tuple[list[str], dict[str, i
 def answer_frame(model: Model, frame: pd.DataFrame, top_k: int = 1) -> pd.DataFrame:
     """One answer row per input row, in order (see the module's docstring)."""
     keys, rows, features, errors = _features(model, frame)
-    classes = [str(c) for c in model.classes_]
-    probabilities = model.head.predict_proba(features) if len(features) else np.zeros((0, len(classes)))
-    answers = decide(probabilities, classes, RefusalRules(threshold=model.threshold), top_k=top_k)
+    answers = model.card.decide(model.probabilities(features), top_k=top_k)
     records: list[dict[str, Any]] = []
     for key in keys:
         if key not in rows:

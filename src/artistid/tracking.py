@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from artistid.card import to_dict
 from artistid.errors import ArtistIdError
 
 if TYPE_CHECKING:
@@ -104,12 +105,12 @@ def run_metrics(metrics: Mapping[str, Any], model: Model, timings: Mapping[str, 
             found[_metric_name(f"{score}.{artist}")] = float(scores[score])
     if metrics.get("n") is not None:
         found["n_test"] = float(metrics["n"])
-    calibration = model.info.get("calibration") or {}
-    if calibration.get("validation_accuracy") is not None:  # out-of-fold on Train: cross-validated
-        found["cv_accuracy"] = float(calibration["validation_accuracy"])
+    calibration = model.card.calibration
+    if calibration.validation_accuracy is not None:  # out-of-fold on Train: cross-validated
+        found["cv_accuracy"] = float(calibration.validation_accuracy)
     for key in ("temperature", "ece_before", "ece_after"):
-        if calibration.get(key) is not None:
-            found[f"calibration.{key}"] = float(calibration[key])
+        if getattr(calibration, key) is not None:
+            found[f"calibration.{key}"] = float(getattr(calibration, key))
     found.update({f"seconds.{name}": float(value) for name, value in timings.items()})
     return found
 
@@ -162,7 +163,7 @@ def _log(
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     mlflow.set_experiment(name)
     params: dict[str, Any] = {}
-    _flat("", {"recipe": dict(recipe), "backbone": model.backbone.recipe()}, params)
+    _flat("", {"recipe": dict(recipe), "backbone": to_dict(model.card.backbone)}, params)
     params["classes"] = json.dumps([str(c) for c in model.classes_])
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "path", required=False), ColSpec("binary", "image", required=False)]),
@@ -176,7 +177,7 @@ def _log(
         folder = Path(scratch)
         mlflow.log_params(params)
         mlflow.set_tags({"artistid.backbone": model.backbone.spec.name, "artistid.classes": len(model.classes_)})
-        metrics = evaluation.metrics if evaluation is not None else model.metrics
+        metrics = evaluation.metrics if evaluation is not None else to_dict(model.metrics) or {}
         mlflow.log_metrics(run_metrics(metrics, model, timings or {}))
         for step, record in enumerate(history or []):
             mlflow.log_metrics({_metric_name(k): float(v) for k, v in record.items()}, step=step)
