@@ -25,7 +25,7 @@ from artistid.card import to_dict
 from artistid.cli import app
 from artistid.errors import WeightsError
 from artistid.model import Model
-from artistid.model_file import read_metadata
+from artistid.model_file import read_card
 
 RESNET = "test_resnet.r160_in1k"  # a tagged timm name: timm's own pretrained config names the Hub repository
 VIT = "hf-hub:artistid-test/tiny-vit"  # a Hub repository with a timm config.json
@@ -155,18 +155,18 @@ def test_train_on_a_hub_backbone_end_to_end_and_serve_without_the_hub(
         [*command, "-o", str(tmp_path / "a.safetensors"), *common], env=env, capture_output=True, text=True
     )
     assert first.returncode == 0, first.stderr
-    meta = read_metadata(tmp_path / "a.safetensors")
-    assert meta["backbone"]["weights_sha256"] == hashlib.sha256(weights["resnet"]).hexdigest()
-    assert meta["backbone"]["revision"] == COMMIT
-    assert meta["backbone"]["source"] == f"hf-hub:timm/{RESNET}/model.safetensors"
-    assert meta["preprocess"]["size"] == 160
+    card = read_card(tmp_path / "a.safetensors")
+    assert card.backbone.weights_sha256 == hashlib.sha256(weights["resnet"]).hexdigest()
+    assert card.backbone.revision == COMMIT
+    assert card.backbone.source == f"hf-hub:timm/{RESNET}/model.safetensors"
+    assert card.preprocess.size == 160
     assert json.loads(first.stdout)["metrics"]["accuracy"] is not None
 
     hub.stop()
     HubEnvironment(hub.url, tmp_path / "hf", offline=True).apply(monkeypatch)  # as HF_HUB_OFFLINE=1 would
     second = CliRunner().invoke(app, ["train", str(small_dataset), "-o", str(tmp_path / "b.safetensors"), *common])
     assert second.exit_code == 0, second.output
-    assert read_metadata(tmp_path / "b.safetensors")["backbone"] == meta["backbone"]
+    assert read_card(tmp_path / "b.safetensors").backbone == card.backbone
 
     requests = sum(hub.requests.values())
     model = Model.load(tmp_path / "a.safetensors")
