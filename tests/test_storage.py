@@ -6,6 +6,7 @@ import json
 import os
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest_storage import make_jpeg
@@ -61,7 +62,7 @@ def test_retries_until_success_and_not_on_permanent_errors() -> None:
             raise ConnectionResetError("reset")
         return "ok"
 
-    assert storage.with_retries(flaky, what="x", policy=FAST) == "ok"
+    assert storage.with_retries(flaky, uri="x", policy=FAST) == "ok"
     assert len(calls) == 3
 
     calls.clear()
@@ -71,7 +72,7 @@ def test_retries_until_success_and_not_on_permanent_errors() -> None:
         raise _Status(503)
 
     with pytest.raises(_Status):
-        storage.with_retries(always_down, what="x", policy=FAST)
+        storage.with_retries(always_down, uri="x", policy=FAST)
     assert len(calls) == FAST.attempts
 
     calls.clear()
@@ -81,16 +82,46 @@ def test_retries_until_success_and_not_on_permanent_errors() -> None:
         raise FileNotFoundError("nope")
 
     with pytest.raises(FileNotFoundError):
-        storage.with_retries(missing, what="x", policy=FAST)
+        storage.with_retries(missing, uri="x", policy=FAST)
     assert len(calls) == 1
 
 
 def test_backoff_grows_and_is_jittered() -> None:
     policy = storage.RetryPolicy(attempts=6, base_delay=1.0, max_delay=8.0)
+    wait = policy.wait()
     for failures, ceiling in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (5, 8.0)]:
-        delays = {policy.delay(failures) for _ in range(20)}
+        delays = {wait(SimpleNamespace(attempt_number=failures)) for _ in range(20)}  # type: ignore[arg-type]
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert len(delays) > 1
+
+
+def test_backends_that_retry_themselves_are_not_retried_again() -> None:
+    """azure-core, botocore and gcsfs retry connection failures already: a second layer would multiply them."""
+    calls: list[str] = []
+
+    def reset() -> None:
+        calls.append("reset")
+        raise ConnectionResetError("reset")
+
+    for uri in ("az://container/a.jpg", "s3://bucket/a.jpg", "gs://bucket/a.jpg"):
+        calls.clear()
+        with pytest.raises(ConnectionResetError):
+            storage.with_retries(reset, uri=uri, policy=FAST)
+        assert calls == ["reset"]
+    calls.clear()
+    with pytest.raises(ConnectionResetError):
+        storage.with_retries(reset, uri="http://host/a.jpg", policy=FAST)  # fsspec's HTTP backend does not retry
+    assert len(calls) == FAST.attempts
+
+    calls.clear()
+
+    def short_body() -> None:  # our own size check, which no backend sees: retried everywhere
+        calls.append("short")
+        raise storage.TruncatedDownload("got 10 of 20 bytes")
+
+    with pytest.raises(storage.TruncatedDownload):
+        storage.with_retries(short_body, uri="az://container/a.jpg", policy=FAST)
+    assert len(calls) == FAST.attempts
 
 
 def test_local_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path: Path, monkeypatch) -> None:

@@ -2,7 +2,9 @@
 
 A `BackboneSpec` says how to build a network, where its ImageNet weights come from, which layer gives the
 features, and how images must be prepared for it. `create_backbone(name)` returns a frozen `Backbone` module that
-maps a batch of normalized images to one feature vector each.
+maps a batch of normalized images to one feature vector each. Besides the registered names, any timm pretrained name
+(`convnext_tiny.fb_in22k_ft_in1k`) or `hf-hub:ORG/REPO` works: its config and weights come from the Hugging Face Hub
+(`artistid.hub`), and the weights' sha256, source and revision travel with the backbone into the model file.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import importlib
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
+from artistid import hub
 from artistid.card import BackboneCard, Pooling
 from artistid.errors import UsageError, WeightsError
-from artistid.images import Preprocess
+from artistid.images import Interpolation, Preprocess
 from artistid.storage import file_sha256
 
 if TYPE_CHECKING:
@@ -31,6 +35,7 @@ __all__ = [
     "POOLINGS",
     "Backbone",
     "BackboneSpec",
+    "WeightsOrigin",
     "create_backbone",
     "download_weights",
     "get_spec",
@@ -65,10 +70,24 @@ class BackboneSpec:
     weights_format: Literal["timm", "lukemelas", "torchvision"] = "timm"
     license: str = ""
     description: str = ""
+    interpolation: Interpolation = "bilinear"
+    from_hub: hub.HubBackbone | None = field(default=None, compare=False)  # weights from the Hugging Face Hub
+    model_args: dict[str, Any] = field(default_factory=dict, compare=False)  # for timm.create_model
 
     @property
     def preprocess(self) -> Preprocess:
-        return Preprocess(size=self.input_size, mean=self.mean, std=self.std, tiles=self.tiles)
+        return Preprocess(
+            size=self.input_size, mean=self.mean, std=self.std, tiles=self.tiles, interpolation=self.interpolation
+        )
+
+
+@dataclass(frozen=True)
+class WeightsOrigin:
+    """Which pretrained weights a backbone holds: their sha256, where they came from, and the version there."""
+
+    sha256: str = ""
+    source: str = ""  # hf-hub:ORG/REPO/FILE, package:NAME, a URL, or file:PATH
+    revision: str = ""  # the Hub commit, or the package's version
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -85,14 +104,39 @@ def list_backbones(pattern: str = "*") -> list[str]:
     return sorted(name for name in _REGISTRY if fnmatch.fnmatch(name, pattern))
 
 
+_INTERPOLATIONS = get_args(Interpolation)
+
+
+def _hub_spec(name: str, found: hub.HubBackbone) -> BackboneSpec:
+    return BackboneSpec(
+        name,
+        f"timm:{found.model_name}",
+        ("pooled",),
+        input_size=found.input_size,
+        mean=found.mean,
+        std=found.std,
+        interpolation=found.interpolation if found.interpolation in _INTERPOLATIONS else "bilinear",  # type: ignore[arg-type]
+        license=found.license,
+        description=f"Hugging Face Hub: {found.repo_id}",
+        from_hub=found,
+        model_args=found.model_args,
+    )
+
+
 def get_spec(name: str) -> BackboneSpec:
-    """The registered spec, or one for any timm / torchvision model name (weights then come from a file)."""
+    """The registered spec, or one for any timm pretrained name or `hf-hub:ORG/REPO` (weights from the Hugging
+    Face Hub), or any timm / torchvision model name (weights then come from a file)."""
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if hub.is_hub_name(name):
+        return _hub_spec(name, hub.resolve(name))  # type: ignore[arg-type]
     library, _, model = name.partition(":") if ":" in name else ("", "", name)
     import timm
     import torchvision.models
 
+    found = hub.resolve(model) if library in ("", "timm") else None
+    if found is not None:
+        return _hub_spec(name, found)
     if library in ("", "timm") and timm.is_model(model):
         config = timm.get_pretrained_cfg(model)
         mean = _rgb(config.mean) if config else IMAGENET_MEAN
@@ -102,7 +146,8 @@ def get_spec(name: str) -> BackboneSpec:
     if library in ("", "torchvision") and model in torchvision.models.list_models():
         return BackboneSpec(name, f"torchvision:{model}", ("pooled",), weights_format="torchvision")
     raise WeightsError(
-        f"unknown backbone {name!r}: use one of {', '.join(list_backbones())}, or any timm or torchvision "
+        f"unknown backbone {name!r}: use one of {', '.join(list_backbones())}, any timm "
+        "pretrained name (e.g. convnext_tiny.fb_in22k_ft_in1k) or hf-hub:ORG/REPO, or any timm or torchvision "
         "model name with --weights FILE"
     )
 
@@ -141,6 +186,12 @@ def _cached_download_path(spec: BackboneSpec) -> Path | None:
 
 def weights_available(spec: BackboneSpec) -> bool:
     """Whether the spec's pretrained weights can be had without a network."""
+    if spec.from_hub is not None:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = spec.from_hub
+        names = (found.filename,) if found.filename else hub.WEIGHTS_FILES
+        return any(isinstance(try_to_load_from_cache(found.repo_id, f, revision=found.revision), str) for f in names)
     package_file = _package_weights_file(spec)
     cached = _cached_download_path(spec)
     return bool(package_file or (cached and cached.exists()))
@@ -169,17 +220,26 @@ def download_weights(url: str, sha256_prefix: str | None, directory: Path | None
     return target
 
 
-def _resolve_weights_file(spec: BackboneSpec, weights: str | Path | None) -> Path:
+def _resolve_weights_file(spec: BackboneSpec, weights: str | Path | None) -> tuple[Path, WeightsOrigin]:
+    """The weights file to load, and where it came from (its sha256 is filled in by the caller)."""
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
             raise WeightsError(f"{path}: weights file not found")
-        return path
+        return path, WeightsOrigin(source=f"file:{path.name}")
+    if spec.from_hub is not None:
+        found = hub.download_weights(spec.from_hub)
+        return found.path, WeightsOrigin(found.sha256, found.source, found.revision)
     package_file = _package_weights_file(spec)
-    if package_file is not None:
-        return package_file
+    if package_file is not None and spec.weights_package is not None:
+        distribution = spec.weights_package.replace("_", "-")
+        try:
+            package_version = version(distribution)
+        except PackageNotFoundError:
+            package_version = ""
+        return package_file, WeightsOrigin(source=f"package:{distribution}", revision=package_version)
     if spec.weights_url is not None:
-        return download_weights(spec.weights_url, spec.weights_sha256_prefix)
+        return download_weights(spec.weights_url, spec.weights_sha256_prefix), WeightsOrigin(source=spec.weights_url)
     if spec.weights_package is not None:
         raise WeightsError(
             f"backbone {spec.name!r} needs the package {spec.weights_package.replace('_', '-')}: "
@@ -262,15 +322,15 @@ def build_network(spec: BackboneSpec) -> nn.Module:
     if library == "timm":
         import timm
 
-        return timm.create_model(model, pretrained=False)
+        return timm.create_model(model, pretrained=False, **spec.model_args)
     import torchvision.models
 
     return torchvision.models.get_model(model, weights=None)
 
 
-def load_pretrained(network: nn.Module, spec: BackboneSpec, weights: str | Path | None = None) -> str:
-    """Loads the spec's ImageNet weights (or a given file) strictly; returns the weights' sha256."""
-    path = _resolve_weights_file(spec, weights)
+def load_pretrained(network: nn.Module, spec: BackboneSpec, weights: str | Path | None = None) -> WeightsOrigin:
+    """Loads the spec's ImageNet weights (or a given file) strictly; returns which weights they are."""
+    path, origin = _resolve_weights_file(spec, weights)
     state = _read_state_dict(path)
     if spec.weights_format == "lukemelas" and weights is None:
         state = _rename_lukemelas(state, network)
@@ -279,7 +339,7 @@ def load_pretrained(network: nn.Module, spec: BackboneSpec, weights: str | Path 
     except RuntimeError as exc:
         first_line = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
         raise WeightsError(f"{path}: weights do not fit {spec.architecture}: {first_line}") from None
-    return file_fingerprint(path)
+    return replace(origin, sha256=origin.sha256 or file_fingerprint(path))
 
 
 # --- the feature extractor -------------------------------------------------------------------------------------
@@ -319,10 +379,7 @@ class Backbone:
         network: nn.Module,
         feature_nodes: tuple[str, ...] | None = None,
         pooling: Pooling = "avg",
-        weights_sha256: str = "",
-        *,
-        weights_source: str = "",
-        revision: str | None = None,
+        weights: WeightsOrigin | None = None,
     ) -> None:
         from timm.models import create_feature_extractor
 
@@ -333,9 +390,9 @@ class Backbone:
         self.network = network.eval().requires_grad_(False)
         self.feature_nodes = tuple(feature_nodes or spec.feature_nodes)
         self.pooling = pooling
-        self.weights_sha256 = weights_sha256
-        self.weights_source = weights_source
-        self.revision = revision
+        self.weights = weights or WeightsOrigin()
+        # A transformer's leading class (and register) tokens, before its patch tokens.
+        self._prefix_tokens = int(getattr(network, "num_prefix_tokens", 0))
         if self.feature_nodes == ("pooled",):
             self._extract: Callable[[torch.Tensor], list[torch.Tensor]] = lambda x: [self._pooled(x)]
             self._pooled = _pooled_network(network)
@@ -351,16 +408,22 @@ class Backbone:
         return self.spec.preprocess
 
     @property
+    def weights_sha256(self) -> str:
+        return self.weights.sha256
+
+    @property
     def card(self) -> BackboneCard:
-        """The model card's backbone section: what `rebuild_backbone` needs besides the weights."""
+        """The model card's backbone section: what `rebuild_backbone` needs besides the weights, and which weights
+        they are."""
         return BackboneCard(
             name=self.spec.name,
             architecture=self.spec.architecture,
             feature_nodes=self.feature_nodes,
             pooling=self.pooling,
-            weights_sha256=self.weights_sha256,
-            source=self.weights_source,
-            revision=self.revision,
+            weights_sha256=self.weights.sha256,
+            source=self.weights.source,
+            revision=self.weights.revision or None,
+            model_args=dict(self.spec.model_args),
         )
 
     def identity(self) -> str:
@@ -398,6 +461,14 @@ class Backbone:
                 parts.append(flat.mean(2))
                 if self.pooling == "meanstd":  # channel statistics of a layer: a painting's "style"
                     parts.append(flat.std(2))
+            elif output.ndim == 3:  # a transformer's tokens (N, T, C): its class token, and its patch tokens pooled
+                tokens = output.float()
+                patches = tokens[:, self._prefix_tokens :]
+                if self._prefix_tokens:
+                    parts.append(tokens[:, 0])
+                parts.append(patches.mean(1))
+                if self.pooling == "meanstd":
+                    parts.append(patches.std(1))
             else:
                 parts.append(output.float().flatten(1))
         return torch.cat(parts, dim=1)
@@ -440,27 +511,24 @@ def create_backbone(
     """
     spec = get_spec(name)
     if input_size is not None and input_size != spec.input_size:
+        if spec.from_hub is not None and spec.from_hub.fixed_input_size:
+            raise WeightsError(
+                f"backbone {name!r} takes {spec.input_size} px inputs only (its position embeddings are of that size); "
+                f"drop --image-size {input_size}, or use --tiles to see large scans as squares of {spec.input_size} px"
+            )
         spec = replace(spec, input_size=input_size)
     if tiles != spec.tiles:
         spec = replace(spec, tiles=tiles)
     network = build_network(spec)
-    sha = load_pretrained(network, spec, weights) if pretrained else ""
-    return Backbone(spec, network, feature_nodes, pooling, sha, weights_source=_weights_source(spec, weights))
-
-
-def _weights_source(spec: BackboneSpec, weights: str | Path | None) -> str:
-    """Where the pretrained weights come from, for the model card."""
-    if weights is not None:
-        return f"file:{Path(weights).name}"
-    if spec.weights_package is not None:
-        return f"package:{spec.weights_package.replace('_', '-')}"
-    return spec.weights_url or ""
+    origin = load_pretrained(network, spec, weights) if pretrained else None
+    return Backbone(spec, network, feature_nodes, pooling, origin)
 
 
 def rebuild_backbone(card: BackboneCard, preprocess: Preprocess, state: dict[str, torch.Tensor]) -> Backbone:
     """A saved backbone (a model file's, or one shipped to Spark executors) from its card and weights.
 
     `preprocess` says how its images were prepared (input size, tiles, normalization); the weights load strictly.
+    Nothing is downloaded: a model file holds every weight it needs.
     """
     spec = BackboneSpec(
         name=card.name,
@@ -470,16 +538,11 @@ def rebuild_backbone(card: BackboneCard, preprocess: Preprocess, state: dict[str
         tiles=preprocess.tiles,
         mean=preprocess.mean,
         std=preprocess.std,
+        interpolation=preprocess.interpolation,
+        model_args=dict(card.model_args),
     )
-    backbone = Backbone(
-        spec,
-        build_network(spec),
-        spec.feature_nodes,
-        card.pooling,
-        card.weights_sha256,
-        weights_source=card.source,
-        revision=card.revision,
-    )
+    origin = WeightsOrigin(card.weights_sha256, card.source, card.revision or "")
+    backbone = Backbone(spec, build_network(spec), spec.feature_nodes, card.pooling, origin)
     backbone.network.load_state_dict(state, strict=True)
     return backbone
 

@@ -62,6 +62,7 @@ class BackboneCard:
     weights_sha256: str = ""  # of the pretrained weights it started from (or of fine-tuned weights)
     source: str = ""  # where those weights came from: a package, a URL, a file name
     revision: str | None = None  # the hub revision, for weights from a model hub
+    model_args: dict[str, Any] = field(default_factory=dict)  # for timm.create_model: a Hub repository's num_classes
 
 
 @dataclass(frozen=True)

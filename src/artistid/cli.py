@@ -118,6 +118,13 @@ Master = Annotated[
     str | None, typer.Option("--master", help="Spark master, e.g. local[2]; default: spark-submit's, else local[*].")
 ]
 Partitions = Annotated[int | None, typer.Option("--partitions", help="Spark partitions; default: 4 per core.")]
+Mlflow = Annotated[
+    bool, typer.Option("--mlflow", help="Log the run (recipe, metrics, reports) and the model to MLflow.")
+]
+MlflowUri = Annotated[
+    str | None,
+    typer.Option("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)."),
+]
 
 
 def _options(items: list[str] | None) -> dict[str, Any] | None:
@@ -172,6 +179,19 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
+def _log_to_mlflow(
+    uri: str | None, model: Any, recipe: dict[str, Any], evaluation: Any, *, quiet: bool, as_json: bool, **extra: Any
+) -> dict[str, Any]:
+    """Logs the run to MLflow (`artistid.tracking`); returns its --json fields."""
+    from artistid import tracking
+
+    progress = not quiet and not as_json
+    run = tracking.log_training(model, recipe=recipe, evaluation=evaluation, uri=uri, progress=progress, **extra)
+    if not as_json:
+        typer.echo(f"MLflow run {run.run_id} in {run.tracking_uri}; model {run.model_uri}")
+    return {"mlflow": {"tracking_uri": run.tracking_uri, "run_id": run.run_id, "model_uri": run.model_uri}}
+
+
 # --- backbones -------------------------------------------------------------------------------------------------
 @app.command()
 @handle_errors
@@ -179,7 +199,7 @@ def backbones(
     nodes: Annotated[str | None, typer.Option("--nodes", help="List the layer names of this backbone.")] = None,
     as_json: Json = False,
 ) -> None:
-    """List the registered backbones and whether their pretrained weights are available offline."""
+    """List the registered backbones and whether their weights are available offline; any Hub one works too."""
     from artistid.backbones import get_spec, list_backbones, list_feature_nodes, weights_available
 
     if nodes:
@@ -205,6 +225,12 @@ def backbones(
     for row in rows:
         state = "offline" if row["offline"] else "download on first use"
         typer.echo(f"{row['name']:<20} {row['input_size']:>4}px  {state:<22} {row['description']}")
+    typer.echo(
+        "\nAny timm pretrained name (e.g. vit_small_patch14_dinov2.lvd142m, convnext_tiny.fb_in22k_ft_in1k) or "
+        "hf-hub:ORG/REPO works too:\nits weights come from the Hugging Face Hub once, into its cache (HF_HOME; "
+        "HF_HUB_OFFLINE=1: the cache only). List them with\n"
+        "python -c \"import timm; print(timm.list_pretrained('convnext*'))\"; offline, pass --weights FILE."
+    )
 
 
 # --- featurize -------------------------------------------------------------------------------------------------
@@ -349,6 +375,8 @@ def train(
     no_cache: NoCache = False,
     workers: Workers = None,
     storage_option: StorageOption = None,
+    mlflow: Mlflow = False,
+    mlflow_uri: MlflowUri = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -413,6 +441,7 @@ def train(
         for line in report.training_lines(result, settings.epochs):
             say(line)
 
+    evaluation = None
     if dataset.test:  # a reused model too: Test/ may have changed since it was trained
         progress = not quiet and not as_json
         evaluation = evaluate(
@@ -426,6 +455,20 @@ def train(
         model.save(output, options)
         say(f"model written to {output}")
     metrics = to_dict(model.metrics) if model.metrics is not None else {}
+    tracked = {}
+    if mlflow:
+        timings = {"featurize": result.featurize_seconds, "fit": result.fit_seconds} if result else {}
+        history = result.history if result else None
+        tracked = _log_to_mlflow(
+            mlflow_uri,
+            model,
+            settings.to_dict(),
+            evaluation,
+            quiet=quiet,
+            as_json=as_json,
+            timings=timings,
+            history=history,
+        )
     if as_json:
         training_card = model.card.training
         _print_json(
@@ -435,6 +478,7 @@ def train(
                 "metrics": metrics,
                 "history": to_dict(training_card.history) if training_card else [],
                 "skipped": [{"path": p, "reason": r} for p, r in (result.skipped if result else [])],
+                **tracked,
             }
         )
     accuracy = metrics.get("accuracy")
@@ -590,6 +634,8 @@ def finetune(
     workers: Workers = None,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
+    mlflow: Mlflow = False,
+    mlflow_uri: MlflowUri = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -621,6 +667,7 @@ def finetune(
     result = run_finetune(dataset.train, settings, checkpoint_dir=checkpoint_dir, resume=resume, workers=workers)
     model = result.model
     metrics: dict[str, Any] = {}
+    evaluation = None
     if dataset.test:
         evaluation = evaluate(model, dataset.test, cache=_cache(cache_dir, no_cache), workers=workers, progress=False)
         model.card = replace(model.card, metrics=evaluation.card_metrics())
@@ -628,9 +675,28 @@ def finetune(
         if not as_json:
             typer.echo(format_report(evaluation))
     model.save(output)
+    tracked = {}
+    if mlflow:
+        timings, history = {"finetune": result.seconds}, result.history
+        tracked = _log_to_mlflow(
+            mlflow_uri,
+            model,
+            settings.to_dict(),
+            evaluation,
+            quiet=quiet,
+            as_json=as_json,
+            timings=timings,
+            history=history,
+        )
     if as_json:
         _print_json(
-            {"output": output, "metrics": metrics, "history": result.history, "resumed_from": result.resumed_from}
+            {
+                "output": output,
+                "metrics": metrics,
+                "history": result.history,
+                "resumed_from": result.resumed_from,
+                **tracked,
+            }
         )
         return
     typer.echo(f"fine-tuned in {result.seconds:.0f} s; model written to {output}")

@@ -31,7 +31,6 @@ DEFAULT_WORKERS = 8
 # Seconds without a byte before an HTTP read counts as stalled and is retried (aiohttp's default: 5 min).
 DEFAULT_TIMEOUT = 60.0
 DEAD_STORE_FAILURES = 16  # transient failures in a row (at least two per worker) after which fetch stops trying
-_CHUNK = 1 << 20
 _PART_SUFFIX = ".part"
 
 
@@ -206,8 +205,8 @@ def plan_fetch(
     storage_options = _with_http_timeout(source, storage_options, timeout)
     fs, path = storage.url_to_fs(source, storage_options)
     try:
-        is_file = storage.with_retries(lambda: fs.isfile(path), what=source, policy=retry)
-        is_dir = not is_file and storage.with_retries(lambda: fs.isdir(path), what=source, policy=retry)
+        is_file = storage.with_retries(lambda: fs.isfile(path), uri=source, policy=retry)
+        is_dir = not is_file and storage.with_retries(lambda: fs.isdir(path), uri=source, policy=retry)
     except OSError as exc:
         raise SourceError(f"{source}: cannot reach it: {exc}") from None
     if is_dir:
@@ -229,11 +228,8 @@ def plan_fetch(
 
 
 def _file_md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
 
 def _is_complete(target: Path, size: int | None, md5: str | None) -> bool:
@@ -278,14 +274,14 @@ def _fetch_one(
     # Manifest lines carry no size: ask the store only where a local copy must be judged, saving a round trip
     # per new file. Backends check a body against its Content-Length themselves.
     if size is None and md5 is None and target.exists():
-        info = storage.with_retries(lambda: fs.info(path), what=item.uri, policy=retry)
+        info = storage.with_retries(lambda: fs.info(path), uri=item.uri, policy=retry)
         size, md5 = info.get("size"), _md5_of(info, fs)
     if _is_complete(target, size, md5):
         return None
     target.parent.mkdir(parents=True, exist_ok=True)
     # The symlink check again, now that folders exist: one may have appeared since planning.
     safe_target(root, item.target, item.origin)
-    return storage.with_retries(lambda: _download(fs, path, target, size, md5), what=item.uri, policy=retry)
+    return storage.with_retries(lambda: _download(fs, path, target, size, md5), uri=item.uri, policy=retry)
 
 
 def _record(report: FetchReport, item: FetchItem, future: Future[int | None]) -> None:

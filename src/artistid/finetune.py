@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from artistid import storage
-from artistid.backbones import Backbone, create_backbone
+from artistid.backbones import Backbone, WeightsOrigin, create_backbone
 from artistid.calibration import DEFAULT_FALSE_REJECTION, calibrate
 from artistid.card import TrainingCard
 from artistid.datasets import Sample
@@ -327,7 +327,14 @@ def finetune(
             )
 
     network.eval().cpu()
-    tuned = Backbone(backbone.spec, network, ("pooled",), "avg", _weights_digest(network))
+    origin = backbone.weights
+    tuned = Backbone(
+        backbone.spec,
+        network,
+        ("pooled",),
+        "avg",
+        WeightsOrigin(_weights_digest(network), f"fine-tuned from {origin.source}", origin.revision),
+    )
     artist_head = ArtistHead.from_layer(
         classes, head.weight.detach().float().cpu().numpy(), head.bias.detach().float().cpu().numpy()
     )

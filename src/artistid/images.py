@@ -28,11 +28,18 @@ __all__ = [
 MAX_PIXELS = 120_000_000
 
 Fit = Literal["stretch", "crop", "pad"]
+Interpolation = Literal["bilinear", "bicubic", "nearest", "lanczos"]
+_RESAMPLING = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How a file becomes the backbone's input: the size, how the painting is fitted, and normalization.
+    """How a file becomes the backbone's input: the size, how the painting is fitted and resampled, normalization.
 
     With `tiles` > 1 the painting is fitted to a square `tiles` times larger, and the backbone sees it both whole
     (averaged down to `size`) and as a grid of `tiles` x `tiles` squares of `size` pixels (see
@@ -45,10 +52,13 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     tiles: int = 1
+    interpolation: Interpolation = "bilinear"  # as the network was trained (timm's pretrained config says which)
 
     def __post_init__(self) -> None:
         if self.fit not in ("stretch", "crop", "pad"):
             raise UsageError(f"fit must be one of stretch, crop, pad; got {self.fit!r}")
+        if self.interpolation not in _RESAMPLING:
+            raise UsageError(f"interpolation must be one of {', '.join(_RESAMPLING)}; got {self.interpolation!r}")
         if not 16 <= self.size <= 2048:
             raise UsageError(f"size must be between 16 and 2048 pixels; got {self.size}")
         if not 1 <= self.tiles <= 8 or self.side > 4096:
@@ -62,7 +72,9 @@ class Preprocess:
     def key(self) -> str:
         """A short string naming everything that changes the pixels; part of the feature cache key."""
         key = f"decode-v1/{self.size}/{self.fit}/{self.mean}/{self.std}"
-        return key if self.tiles == 1 else f"{key}/tiles{self.tiles}"
+        if self.tiles != 1:
+            key += f"/tiles{self.tiles}"
+        return key if self.interpolation == "bilinear" else f"{key}/{self.interpolation}"
 
 
 def _explain(exc: BaseException) -> str:
@@ -113,12 +125,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _fit(image: Image.Image, size: int, fit: Fit) -> Image.Image:
+def _fit(image: Image.Image, size: int, fit: Fit, interpolation: Interpolation = "bilinear") -> Image.Image:
+    resampling = _RESAMPLING[interpolation]
     if fit == "stretch":
-        return image.resize((size, size), Image.Resampling.BILINEAR)
+        return image.resize((size, size), resampling)
     if fit == "crop":
-        return ImageOps.fit(image, (size, size), Image.Resampling.BILINEAR)
-    return ImageOps.pad(image, (size, size), Image.Resampling.BILINEAR, color=(255, 255, 255))
+        return ImageOps.fit(image, (size, size), resampling)
+    return ImageOps.pad(image, (size, size), resampling, color=(255, 255, 255))
 
 
 def decode_image(data: bytes, name: str, *, max_pixels: int = MAX_PIXELS, draft_size: int | None = None) -> Image.Image:
@@ -166,4 +179,4 @@ def load_image(
         else:
             data = source
         image = decode_image(data, name or "<bytes>", max_pixels=max_pixels, draft_size=preprocess.side)
-    return np.asarray(_fit(image, preprocess.side, preprocess.fit), dtype=np.uint8)
+    return np.asarray(_fit(image, preprocess.side, preprocess.fit, preprocess.interpolation), dtype=np.uint8)

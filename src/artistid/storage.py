@@ -2,7 +2,9 @@
 
 Everything goes through fsspec, so any backend it knows works with credentials given the standard ways
 (for Azure: AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_ACCOUNT_NAME/KEY, SAS token, or storage options).
-Remote reads and writes are retried on transient failures with exponential backoff and jitter.
+Remote reads and writes are retried on transient failures (tenacity: exponential backoff with jitter), except
+where the backend retries by itself (Azure, S3, GCS): there its own retry settings apply, so that the two do not
+multiply; only what the backend cannot see (a body that fails our size or checksum check) is retried here.
 """
 
 from __future__ import annotations
@@ -10,15 +12,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import random
 import secrets
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import fsspec
+import tenacity
 from fsspec.spec import AbstractFileSystem
 
 from artistid.errors import SourceError
@@ -45,6 +46,8 @@ T = TypeVar("T")
 
 # Status codes worth another try: timeouts, throttling and server-side failures.
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# Backends that retry transient failures themselves (azure-core's retry policy, botocore and s3fs, gcsfs).
+_SELF_RETRYING = frozenset({"az", "abfs", "abfss", "adl", "s3", "s3a", "gs", "gcs"})
 # Exception class names (anywhere in the MRO) of aiohttp, azure-core, botocore and fsspec that mean "the
 # connection or the server failed, not the request": matched by name so none of them must be imported here.
 _TRANSIENT_NAMES = frozenset(
@@ -77,10 +80,11 @@ class RetryPolicy:
     base_delay: float = 0.5
     max_delay: float = 10.0
 
-    def delay(self, failures: int) -> float:
-        """Exponential backoff with jitter, so parallel workers do not retry in lockstep."""
-        ceiling = min(self.max_delay, self.base_delay * 2 ** (failures - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+    def wait(self) -> tenacity.wait.wait_base:
+        """Equal jitter: half the exponential ceiling, plus up to the other half at random, so that parallel
+        workers do not retry in lockstep."""
+        half = {"multiplier": self.base_delay / 2, "max": self.max_delay / 2}
+        return tenacity.wait_exponential(**half) + tenacity.wait_random_exponential(**half)
 
 
 DEFAULT_RETRY = RetryPolicy()
@@ -112,26 +116,41 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
-def with_retries(call: Callable[[], T], *, what: str, policy: RetryPolicy = DEFAULT_RETRY) -> T:
-    """Runs `call`, retrying transient failures per `policy`; the last error propagates unchanged."""
-    failures = 0
-    while True:
-        try:
-            return call()
-        except Exception as exc:
-            failures += 1
-            if failures >= policy.attempts or not is_transient(exc):
-                raise
-            pause = policy.delay(failures)
-            logger.warning(
-                "%s: %s; retry %d of %d in %.1fs",
-                what,
-                describe_error(exc),
-                failures,
-                policy.attempts - 1,
-                pause,
-            )
-            time.sleep(pause)
+def _backend_retries(uri: str) -> bool:
+    return str(uri).partition("://")[0].lower() in _SELF_RETRYING if "://" in str(uri) else False
+
+
+def with_retries(call: Callable[[], T], *, uri: str, policy: RetryPolicy = DEFAULT_RETRY) -> T:
+    """Runs `call` on `uri`, retrying transient failures per `policy`; the last error propagates unchanged.
+
+    Where the backend of `uri` retries by itself, only `TruncatedDownload` (our own check) is retried here.
+    """
+
+    def worth_retrying(exc: BaseException) -> bool:
+        if _backend_retries(uri):
+            return any(isinstance(error, TruncatedDownload) for error in _chain(exc))
+        return is_transient(exc)
+
+    def log(state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        pause = state.next_action.sleep if state.next_action else 0.0
+        logger.warning(
+            "%s: %s; retry %d of %d in %.1fs",
+            uri,
+            describe_error(error) if error else "failed",
+            state.attempt_number,
+            policy.attempts - 1,
+            pause,
+        )
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(policy.attempts),
+        wait=policy.wait(),
+        retry=tenacity.retry_if_exception(worth_retrying),
+        before_sleep=log,
+        reraise=True,
+    )
+    return retrying(call)
 
 
 def describe_error(exc: BaseException) -> str:
@@ -192,12 +211,9 @@ def parse_storage_options(items: Iterable[str]) -> dict[str, Any]:
 
 
 def file_sha256(path: str | Path) -> str:
-    """The sha256 of a local file, read in blocks (weights and model files run to tens of MB)."""
-    digest = hashlib.sha256()
+    """The sha256 of a local file (weights and model files run to tens of MB: hashlib reads it in blocks)."""
     with open(local_path(path), "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def read_bytes(
@@ -207,7 +223,7 @@ def read_bytes(
     if is_local(uri):
         return local_path(uri).read_bytes()
     fs, path = url_to_fs(uri, storage_options)
-    return with_retries(lambda: fs.cat_file(path), what=str(uri), policy=retry)
+    return with_retries(lambda: fs.cat_file(path), uri=str(uri), policy=retry)
 
 
 def write_bytes_atomic(
@@ -250,7 +266,7 @@ def write_bytes_atomic(
             fs.mkdir(fs._parent(path), create_parents=True)
             fs.pipe_file(path, data)
 
-    with_retries(upload, what=str(uri), policy=retry)
+    with_retries(upload, uri=str(uri), policy=retry)
 
 
 def _is_missing(exc: BaseException) -> bool:
