@@ -141,6 +141,11 @@ class StandaloneCluster(_Processes):
             f"spark.driver.memory 1g\n"
             f"spark.eventLog.enabled true\n"
             f"spark.eventLog.dir {self.event_log.as_uri()}\n"
+            "spark.eventLog.compress false\n"
+            # Tasks start once both executors are up, so neither worker is left idle by a quick first stage.
+            f"spark.cores.max {self.workers * self.cores}\n"
+            "spark.scheduler.minRegisteredResourcesRatio 1.0\n"
+            "spark.scheduler.maxRegisteredResourcesWaitingTime 120s\n"
             "spark.ui.enabled false\n"
             "spark.ui.showConsoleProgress false\n"
         )
@@ -178,7 +183,9 @@ class StandaloneCluster(_Processes):
         for log in sorted(self.event_log.iterdir()):
             counts: dict[str, int] = {}
             workers: dict[str, str] = {}
-            for line in log.read_text().splitlines():
+            # Spark 4 writes a folder per application (rolling event log: events_1_..., events_2_...).
+            files = sorted(log.glob("events_*")) if log.is_dir() else [log]
+            for line in (line for file in files for line in file.read_text().splitlines()):
                 event = json.loads(line)
                 if event["Event"] == "SparkListenerTaskEnd":
                     executor = event["Task Info"]["Executor ID"]

@@ -282,7 +282,7 @@ def _answer_partition(job: _Job, batches: Iterator[pa.RecordBatch]) -> Iterator[
     for batch in batches:
         vectors = batch.column("features")
         usable = [i for i, valid in enumerate(vectors.is_valid().to_pylist()) if valid]
-        rows = vectors.take(usable).to_pylist()
+        rows = vectors.take(pa.array(usable, pa.int64())).to_pylist()
         features = np.asarray(rows, dtype=np.float32) if rows else np.zeros((0, 0), np.float32)
         columns = {name: batch.column(name) for name in batch.schema.names if name != "features"}
         columns.update(_answer_columns(job, model, features, usable, batch.num_rows))
