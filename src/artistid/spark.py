@@ -614,9 +614,7 @@ def _predictions(
     spark = frame.sparkSession
     features_job = _features_job(spark, model.extractor, job.storage_options, job.batch_size)
     features, reused = _stored_features(frame, features_job, store, partitions)
-    answers = T.StructType(
-        [f for f in _output_schema(job, features.schema).fields if f.name != "features"]  # type: ignore[union-attr]
-    )
+    answers = T.StructType([f for f in _output_schema(job, features.schema).fields if f.name != "features"])
     return features.mapInArrow(functools.partial(_answer_partition, job), answers), reused
 
 
