@@ -125,6 +125,17 @@ MlflowUri = Annotated[
     str | None,
     typer.Option("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)."),
 ]
+Remote = Annotated[
+    str | None,
+    typer.Option("--remote", help="Spark Connect server, e.g. sc://host:15002 (instead of --master; --engine spark)."),
+]
+FeatureStoreUri = Annotated[
+    str | None,
+    typer.Option(
+        "--feature-store",
+        help="Folder or storage URI keeping vectors for every run and engine: only new images are computed.",
+    ),
+]
 
 
 def _options(items: list[str] | None) -> dict[str, Any] | None:
@@ -147,11 +158,23 @@ def _cache(cache_dir: Path | None, no_cache: bool) -> Any:
         return None
 
 
-def _spark(engine: str) -> Any:
+def _store(uri: str | None, options: dict[str, Any] | None) -> Any:
+    if uri is None:
+        return None
+    from artistid.feature_store import FeatureStore
+
+    return FeatureStore(uri, options)
+
+
+def _spark(engine: str, master: str | None = None, remote: str | None = None) -> Any:
     """artistid.spark for --engine spark, None for local; a one-line error for anything else."""
     if engine not in ("local", "spark"):
         raise ArtistIdError(f"--engine must be local or spark; got {engine!r}")
+    if master and remote:
+        raise ArtistIdError("--master and --remote name two different clusters: give one")
     if engine == "local":
+        if master or remote:
+            raise ArtistIdError("--master and --remote are for --engine spark")
         return None
     try:
         from artistid import spark
@@ -254,7 +277,9 @@ def featurize(
     storage_option: StorageOption = None,
     engine: Engine = "local",
     master: Master = None,
+    remote: Remote = None,
     partitions: Partitions = None,
+    feature_store: FeatureStoreUri = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -269,8 +294,9 @@ def featurize(
     from artistid.features import featurize as run_featurize
 
     _configure_logging(quiet)
-    spark = _spark(engine)
+    spark = _spark(engine, master, remote)
     options = _options(storage_option)
+    store = _store(feature_store, options)
     _check_output(output, "any")  # a Parquet file, or a folder from Spark
     dataset = load_dataset(data, options)
     network = create_backbone(
@@ -283,9 +309,15 @@ def featurize(
     )
     extractor = FeatureExtractor(network, precision=precision)  # type: ignore[arg-type]
     if spark is not None:
-        with spark.session(master) as session:
+        with spark.session(master, remote=remote) as session:
             run = spark.featurize(
-                dataset.samples, extractor, output, spark=session, storage_options=options, partitions=partitions
+                dataset.samples,
+                extractor,
+                output,
+                spark=session,
+                storage_options=options,
+                partitions=partitions,
+                store=store,
             )
         _echo_spark_run(run, "featurized", as_json)
         return
@@ -296,6 +328,7 @@ def featurize(
         workers=workers,
         storage_options=options,
         progress=not quiet and not as_json,
+        store=store,
     )
     features.to_parquet(output, options)
     if as_json:
@@ -377,6 +410,7 @@ def train(
     storage_option: StorageOption = None,
     mlflow: Mlflow = False,
     mlflow_uri: MlflowUri = None,
+    feature_store: FeatureStoreUri = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -417,6 +451,7 @@ def train(
     _check_output(output)
     say = (lambda _: None) if as_json else typer.echo
     cache = _cache(cache_dir, no_cache)
+    store = _store(feature_store, options)
     from_features = data.endswith(".parquet")
     dataset = Dataset(root=data, train=[]) if from_features else load_dataset(data, options)
 
@@ -433,7 +468,13 @@ def train(
         else:
             progress = not quiet and not as_json
             result = training.train(
-                dataset.train, settings, cache=cache, workers=workers, storage_options=options, progress=progress
+                dataset.train,
+                settings,
+                cache=cache,
+                workers=workers,
+                storage_options=options,
+                progress=progress,
+                store=store,
             )
         model = result.model
         for line in report.skipped_lines(result.skipped):
@@ -445,7 +486,13 @@ def train(
     if dataset.test:  # a reused model too: Test/ may have changed since it was trained
         progress = not quiet and not as_json
         evaluation = evaluate(
-            model, dataset.test, cache=cache, workers=workers, storage_options=options, progress=progress
+            model,
+            dataset.test,
+            cache=cache,
+            workers=workers,
+            storage_options=options,
+            progress=progress,
+            store=store,
         )
         model.card = replace(model.card, metrics=evaluation.card_metrics())
         say(format_report(evaluation))
@@ -475,6 +522,8 @@ def train(
             {
                 "output": output,
                 "reused": result is None,
+                "featurized": result.n_train + result.n_val - result.reused_features if result else 0,
+                "reused_features": result.reused_features if result else 0,
                 "metrics": metrics,
                 "history": to_dict(training_card.history) if training_card else [],
                 "skipped": [{"path": p, "reason": r} for p, r in (result.skipped if result else [])],
@@ -503,7 +552,9 @@ def evaluate_command(
     storage_option: StorageOption = None,
     engine: Engine = "local",
     master: Master = None,
+    remote: Remote = None,
     partitions: Partitions = None,
+    feature_store: FeatureStoreUri = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -513,16 +564,17 @@ def evaluate_command(
     from artistid.model import Model
 
     _configure_logging(quiet)
-    spark = _spark(engine)
+    spark = _spark(engine, master, remote)
     options = _options(storage_option)
+    store = _store(feature_store, options)
     model = Model.load(model_path, options)
     if report:
         _check_output(report, "folder")
     samples = load_test_set(test, options)
     if spark is not None:
-        with spark.session(master) as session:
+        with spark.session(master, remote=remote) as session:
             evaluation = spark.evaluate(
-                model_path, samples, spark=session, storage_options=options, partitions=partitions
+                model_path, samples, spark=session, storage_options=options, partitions=partitions, store=store
             )
     else:
         evaluation = evaluate(
@@ -532,6 +584,7 @@ def evaluate_command(
             workers=workers,
             storage_options=options,
             progress=not quiet and not as_json,
+            store=store,
         )
     files = write_report(evaluation, report) if report else {}
     if as_json:
@@ -556,7 +609,9 @@ def predict(
     storage_option: StorageOption = None,
     engine: Engine = "local",
     master: Master = None,
+    remote: Remote = None,
     partitions: Partitions = None,
+    feature_store: FeatureStoreUri = None,
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="Predictions Parquet folder to write (--engine spark).")
     ] = None,
@@ -569,15 +624,22 @@ def predict(
     from artistid.model import Model
 
     _configure_logging(True)
-    spark = _spark(engine)
+    spark = _spark(engine, master, remote)
     options = _options(storage_option)
+    store = _store(feature_store, options)
     if spark is not None:
         if output is None:
             raise ArtistIdError("--engine spark writes a Parquet folder: pass --output predictions.parquet")
-        with spark.session(master) as session:
+        with spark.session(master, remote=remote) as session:
             samples = list_images(paths, options)
             run = spark.predict(
-                model_path, samples, output, spark=session, storage_options=options, partitions=partitions
+                model_path,
+                samples,
+                output,
+                spark=session,
+                storage_options=options,
+                partitions=partitions,
+                store=store,
             )
         _echo_spark_run(run, "scored", as_json)
         if strict and run.errors:
@@ -595,7 +657,10 @@ def predict(
         workers=workers,
         storage_options=options,
         progress=not quiet and not as_json and len(samples) > 50,
+        store=store,
     )
+    if store is not None:  # --json prints the predictions themselves: the counts go to stderr
+        typer.echo(f"{features.featurized} featurized, {features.reused} reused (feature store)", err=True)
     answers = model.card.decide(model.probabilities(features.features), top_k=top_k)
     records = report.predict_records(samples, features.paths, answers, features.errors)
     if as_json:

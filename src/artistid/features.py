@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import torch
 
     from artistid.backbones import Backbone
+    from artistid.feature_store import FeatureStore
 
 __all__ = [
     "Decoded",
@@ -48,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16"]
 LARGE_FILE_BYTES = 512_000  # a median file above this is a large scan: decoding dominates
+STORE_PART_ROWS = 2048  # vectors per feature-store part: few files, and little lost when a run is killed
 
 
 def default_cache_dir() -> Path:
@@ -219,9 +221,15 @@ class FeatureSet:
     errors: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     identity: str = ""
+    reused: int = 0  # vectors taken from the cache or the feature store, not computed
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def featurized(self) -> int:
+        """Vectors computed by this run."""
+        return len(self.paths) - self.reused
 
     def to_parquet(self, path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
         """Writes path, label and features columns atomically (a storage URI works too)."""
@@ -389,8 +397,12 @@ def featurize(
     batch_size: int = 16,
     storage_options: dict[str, Any] | None = None,
     progress: bool = True,
+    store: FeatureStore | None = None,
 ) -> FeatureSet:
-    """Feature vectors for `samples`, in their order; unusable images are left out and listed in `errors`."""
+    """Feature vectors for `samples`, in their order; unusable images are left out and listed in `errors`.
+
+    With a `store`, vectors it holds are reused and the computed ones are added to it.
+    """
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
@@ -398,6 +410,8 @@ def featurize(
     paths = [s.path for s in samples]
     vectors: dict[int, np.ndarray] = {}
     errors: dict[int, str] = {}
+    stored = store.vectors(identity) if store is not None else {}
+    computed_total = 0
 
     # Warm path: files whose content hash is known and whose vector is cached need no reading at all.
     pending = list(range(len(samples)))
@@ -406,6 +420,7 @@ def featurize(
         keys = {i: FeatureCache.key(known[p], identity) for i, p in enumerate(paths) if p in known}
         hits = cache.get_many(list(keys.values()))
         vectors.update({i: hits[k] for i, k in keys.items() if k in hits})
+        vectors.update({i: stored[known[paths[i]]] for i in keys if i not in vectors and known[paths[i]] in stored})
         pending = [i for i in range(len(samples)) if i not in vectors]
 
     if workers is None:
@@ -418,6 +433,7 @@ def featurize(
         disable=not progress or None,
         dynamic_ncols=True,
     )
+    unsaved: dict[str, np.ndarray] = {}
     try:
         jobs = [(i, paths[i]) for i in pending]
         for batch in _decoded_batches(jobs, extractor.preprocess, workers, batch_size, storage_options):
@@ -428,18 +444,27 @@ def featurize(
                     errors[d.index] = d.error
             keys = {d.index: FeatureCache.key(d.sha, identity) for d in usable}
             hits = cache.get_many(list(keys.values())) if cache is not None else {}
-            todo = [d for d in usable if keys[d.index] not in hits]
             vectors.update({d.index: hits[keys[d.index]] for d in usable if keys[d.index] in hits})
+            vectors.update({d.index: stored[d.sha] for d in usable if d.index not in vectors and d.sha in stored})
+            todo = [d for d in usable if d.index not in vectors]
             if todo:
                 computed = extractor(np.stack([d.pixels for d in todo]))  # type: ignore[misc]
                 vectors.update({d.index: computed[n] for n, d in enumerate(todo)})
+                computed_total += len(todo)
                 if cache is not None:
                     cache.put_many({keys[d.index]: computed[n] for n, d in enumerate(todo)})
+                if store is not None:
+                    unsaved.update({d.sha: computed[n] for n, d in enumerate(todo)})
+                    if len(unsaved) >= STORE_PART_ROWS:
+                        store.append(identity, unsaved)
+                        unsaved = {}
             if cache is not None and hashes:
                 cache.remember_hashes({paths[i]: v for i, v in hashes.items()})
             bar.update(len(batch))
     finally:
         bar.close()
+        if store is not None:  # what was computed is kept, even when the run stops midway
+            store.append(identity, unsaved)
 
     kept = sorted(vectors)
     features = np.stack([vectors[i] for i in kept]).astype(np.float32) if kept else np.zeros((0, 0), np.float32)
@@ -452,4 +477,5 @@ def featurize(
         errors=[(paths[i], errors[i]) for i in sorted(errors)],
         seconds=time.perf_counter() - started,
         identity=identity,
+        reused=len(kept) - computed_total,
     )

@@ -35,6 +35,7 @@ from artistid.model_file import read_model_file, write_model_file
 if TYPE_CHECKING:
     import torch
 
+    from artistid.feature_store import FeatureStore
     from artistid.forward import ArtistForward
 
 __all__ = ["NOT_A_PAINTING", "UNKNOWN", "ImageInput", "Model", "library_versions"]
@@ -117,10 +118,17 @@ class Model:
         workers: int | None = None,
         storage_options: dict[str, Any] | None = None,
         progress: bool = True,
+        store: FeatureStore | None = None,
     ) -> FeatureSet:
         """Feature vectors for many files, in parallel and cached; unusable files are listed, not raised."""
         return featurize(
-            samples, self.extractor, cache=cache, workers=workers, storage_options=storage_options, progress=progress
+            samples,
+            self.extractor,
+            cache=cache,
+            workers=workers,
+            storage_options=storage_options,
+            progress=progress,
+            store=store,
         )
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from artistid.head import ArtistHead
 from artistid.images import Preprocess
 from artistid.model import Model
 from artistid.model_file import read_card
+
+if TYPE_CHECKING:
+    from artistid.feature_store import FeatureStore
 
 __all__ = [
     "PRESETS",
@@ -163,6 +166,7 @@ class TrainResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     featurize_seconds: float = 0.0
     fit_seconds: float = 0.0
+    reused_features: int = 0  # vectors taken from the cache or the feature store
 
 
 def data_fingerprint(samples: Sequence[Sample], settings: TrainSettings) -> str:
@@ -273,7 +277,14 @@ def _result(
     calibration = calibrate_head(features, settings)
     model = Model(backbone, head, precision=extractor.precision, calibration=calibration, training=training)
     return TrainResult(
-        model, head.history_, n_train, n_val, features.errors, featurize_seconds, time.perf_counter() - started
+        model,
+        head.history_,
+        n_train,
+        n_val,
+        features.errors,
+        featurize_seconds,
+        time.perf_counter() - started,
+        features.reused,
     )
 
 
@@ -285,6 +296,7 @@ def train(
     workers: int | None = None,
     storage_options: dict[str, Any] | None = None,
     progress: bool = True,
+    store: FeatureStore | None = None,
 ) -> TrainResult:
     """Trains a model on labelled samples (unlabelled ones are ignored)."""
     settings = settings or TrainSettings()
@@ -293,7 +305,13 @@ def train(
     backbone = _backbone(settings)
     extractor = FeatureExtractor(backbone, precision=settings.precision)
     features = featurize(
-        labelled, extractor, cache=cache, workers=workers, storage_options=storage_options, progress=progress
+        labelled,
+        extractor,
+        cache=cache,
+        workers=workers,
+        storage_options=storage_options,
+        progress=progress,
+        store=store,
     )
     _check_every_artist_kept(labelled, features)
     return _result(backbone, extractor, features, settings, data_fingerprint(labelled, settings), features.seconds)
