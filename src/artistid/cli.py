@@ -88,7 +88,8 @@ Workers = Annotated[
     int | None,
     typer.Option(
         "--workers",
-        help="Decoding processes (default: one per two cores, one per core for large scans).",
+        help="Decoding processes (default: one per two cores, one per core for large scans; 0: decode in this "
+        "process, where a crashing or hanging codec takes the run down).",
     ),
 ]
 StorageOption = Annotated[

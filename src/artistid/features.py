@@ -19,14 +19,15 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from artistid import storage
 from artistid.datasets import Sample
-from artistid.errors import ArtistIdError, ImageError, UsageError
-from artistid.images import MAX_PIXELS, Preprocess, load_image
+from artistid.decoding import Decoded, DecodePool, decode_in_process, read_and_decode
+from artistid.errors import ArtistIdError, UsageError
+from artistid.images import Preprocess
 
 if TYPE_CHECKING:
     import torch
@@ -283,58 +284,6 @@ def _sidecar_identity(path: str | Path) -> str:
 # --- the pipeline ----------------------------------------------------------------------------------------------
 
 
-class Decoded:
-    """What a worker sends back for one image: its content hash and pixels, or the reason it failed."""
-
-    __slots__ = ("error", "index", "pixels", "sha", "stat")
-
-    def __init__(
-        self,
-        index: int,
-        sha: str = "",
-        pixels: np.ndarray | None = None,
-        error: str = "",
-        stat: tuple[int, int] | None = None,
-    ) -> None:
-        self.index, self.sha, self.pixels, self.error, self.stat = index, sha, pixels, error, stat
-
-
-def read_and_decode(index: int, path: str, preprocess: Preprocess, storage_options: dict[str, Any] | None) -> Decoded:
-    """Reads, hashes and decodes one image; every engine's workers call this, so all decode alike."""
-    try:
-        stat = None
-        if storage.is_local(path):
-            st = os.stat(storage.local_path(path))
-            stat = (st.st_size, st.st_mtime_ns)
-        data = storage.read_bytes(path, storage_options)
-    except FileNotFoundError:
-        return Decoded(index, error=f"{path}: file not found")
-    except Exception as exc:
-        return Decoded(index, error=f"{path}: cannot read file ({exc})")
-    sha = hashlib.sha256(data).hexdigest()
-    try:
-        pixels = load_image(data, preprocess, name=path, max_pixels=MAX_PIXELS)
-    except ImageError as exc:
-        return Decoded(index, sha, error=str(exc), stat=stat)
-    return Decoded(index, sha, pixels, stat=stat)
-
-
-class _DecodeDataset:
-    """A map-style dataset for torch's DataLoader: decoding happens in its worker processes."""
-
-    def __init__(
-        self, jobs: list[tuple[int, str]], preprocess: Preprocess, storage_options: dict[str, Any] | None
-    ) -> None:
-        self.jobs, self.preprocess, self.storage_options = jobs, preprocess, storage_options
-
-    def __len__(self) -> int:
-        return len(self.jobs)
-
-    def __getitem__(self, position: int) -> Decoded:
-        index, path = self.jobs[position]
-        return read_and_decode(index, path, self.preprocess, self.storage_options)
-
-
 def _decoded_batches(
     jobs: list[tuple[int, str]],
     preprocess: Preprocess,
@@ -342,17 +291,11 @@ def _decoded_batches(
     batch_size: int,
     storage_options: dict[str, Any] | None,
 ) -> Iterator[list[Decoded]]:
-    from torch.utils.data import DataLoader, Dataset
-
-    loader: DataLoader[Decoded] = DataLoader(
-        cast("Dataset[Decoded]", _DecodeDataset(jobs, preprocess, storage_options)),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=list,
-        prefetch_factor=4 if workers else None,
-        multiprocessing_context="fork" if workers else None,
-    )
-    yield from loader
+    if not workers:
+        yield from decode_in_process(jobs, preprocess, storage_options, batch_size)
+        return
+    with DecodePool(preprocess, workers=workers, storage_options=storage_options) as pool:
+        yield from pool.batches(jobs, batch_size)
 
 
 def decode_workers() -> int:
@@ -409,7 +352,8 @@ def featurize(
         pending = [i for i in range(len(samples)) if i not in vectors]
 
     if workers is None:
-        workers = _default_workers([paths[i] for i in pending]) if len(pending) > 32 else 0
+        # Even a few files decode in a worker: a crash or hang in a codec must cost only its file.
+        workers = _default_workers([paths[i] for i in pending]) if len(pending) > 32 else 1
     bar = tqdm(
         total=len(samples),
         initial=len(vectors),
