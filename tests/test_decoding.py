@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -49,20 +50,14 @@ def _wait_until(condition, timeout: float, what: str) -> None:  # type: ignore[n
         time.sleep(0.05)
 
 
-def test_an_unexpected_exception_from_a_codec_is_an_image_error_naming_the_file(tmp_path: Path) -> None:
-    # A TIFF whose first directory declares no dimensions: Pillow raises TypeError from n_frames, not OSError.
-    path = tmp_path / "no-dimensions.tif"
-    Image.new("RGB", (8, 8)).save(path)
-    data = bytearray(path.read_bytes())
-    count = int.from_bytes(data[8:10], "little")
-    for entry in range(count):  # drop ImageWidth (256) and ImageLength (257) by renaming their tags
-        at = 10 + 12 * entry
-        if int.from_bytes(data[at : at + 2], "little") in (256, 257):
-            data[at : at + 2] = (60000 + entry).to_bytes(2, "little")
-    path.write_bytes(bytes(data))
+def test_an_unexpected_exception_from_a_codec_is_an_image_error_naming_the_file() -> None:
+    # A DDS file with pixel-format flags Pillow does not implement: it raises NotImplementedError, not OSError.
+    header = struct.pack("<4s7I44s", b"DDS ", 124, 0x1007, 8, 8, 0, 0, 0, bytes(44))
+    pixel_format = struct.pack("<8I", 32, 8, 0, 0, 0, 0, 0, 0)
+    data = header + pixel_format + bytes(24 + 256)
     with pytest.raises(ImageError) as caught:
-        load_image(path)
-    assert str(caught.value).startswith(f"{path}: ")
+        load_image(data, name="odd.dds")
+    assert str(caught.value) == "odd.dds: cannot open image: NotImplementedError: Unknown pixel format flags 8"
 
 
 def test_results_and_errors_of_ordinary_files(painting: Path, tmp_path: Path) -> None:
