@@ -490,13 +490,20 @@ def evaluate_command(
             storage_options=options,
             progress=not quiet and not as_json,
         )
-    files = write_report(evaluation, report) if report else {}
+    files: dict[str, str] = {}
+    failure = None
+    try:
+        files = write_report(evaluation, report) if report else {}
+    except OSError as exc:  # a full disk, say: the metrics are shown all the same, then the error
+        failure = exc
     if as_json:
         _print_json({**evaluation.metrics, "report": files})
-        return
-    typer.echo(format_report(evaluation))
-    for name, path in files.items():
-        typer.echo(f"{name}: {path}")
+    else:
+        typer.echo(format_report(evaluation))
+        for name, path in files.items():
+            typer.echo(f"{name}: {path}")
+    if failure is not None:
+        raise failure
 
 
 # --- predict ---------------------------------------------------------------------------------------------------

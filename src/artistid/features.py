@@ -133,6 +133,7 @@ class FeatureCache:
     def __init__(self, directory: str | Path | None = None) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.path = self.directory / "features-v1.sqlite"
+        self._unwritable = False
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
@@ -171,11 +172,22 @@ class FeatureCache:
                     found[key] = vector
         return found
 
+    def _write(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
+        """One transaction. A cache that cannot be written (a full disk) is said so once, then only read: it saves
+        time, and the run's own output matters more. A failed transaction leaves no part of itself behind."""
+        if self._unwritable or not rows:
+            return
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(statement, rows)
+        except sqlite3.Error as exc:
+            self._unwritable = True
+            logger.warning("%s: cannot write to the feature cache (%s); going on without saving to it", self.path, exc)
+
     def put_many(self, items: dict[str, np.ndarray]) -> None:
         rows = [(k, int(v.shape[0]), np.ascontiguousarray(v, dtype=np.float32).tobytes()) for k, v in items.items()]
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?)", rows)
+        self._write("INSERT OR REPLACE INTO features VALUES (?, ?, ?)", rows)
 
     def known_hashes(self, paths: Sequence[str]) -> dict[str, str]:
         """Content hashes of local files unchanged since they were last hashed."""
@@ -202,9 +214,7 @@ class FeatureCache:
 
     def remember_hashes(self, hashes: dict[str, tuple[int, int, str]]) -> None:
         rows = [(_absolute(p), *v) for p, v in hashes.items()]
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", rows)
+        self._write("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", rows)
 
 
 # --- the result ------------------------------------------------------------------------------------------------
@@ -220,6 +230,7 @@ class FeatureSet:
     errors: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     identity: str = ""
+    cached: int = 0  # vectors read from the cache rather than computed
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -341,6 +352,7 @@ def featurize(
     paths = [s.path for s in samples]
     vectors: dict[int, np.ndarray] = {}
     errors: dict[int, str] = {}
+    computed_count = 0
 
     # Warm path: files whose content hash is known and whose vector is cached need no reading at all.
     pending = list(range(len(samples)))
@@ -376,6 +388,7 @@ def featurize(
             vectors.update({d.index: hits[keys[d.index]] for d in usable if keys[d.index] in hits})
             if todo:
                 computed = extractor(np.stack([d.pixels for d in todo]))  # type: ignore[misc]
+                computed_count += len(todo)
                 vectors.update({d.index: computed[n] for n, d in enumerate(todo)})
                 if cache is not None:
                     cache.put_many({keys[d.index]: computed[n] for n, d in enumerate(todo)})
@@ -396,4 +409,5 @@ def featurize(
         errors=[(paths[i], errors[i]) for i in sorted(errors)],
         seconds=time.perf_counter() - started,
         identity=identity,
+        cached=len(kept) - computed_count,
     )

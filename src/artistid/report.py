@@ -34,6 +34,7 @@ def skipped_lines(errors: Sequence[tuple[str, str]]) -> list[str]:
 def featurize_record(features: FeatureSet, output: str) -> dict[str, Any]:
     return {
         "images": len(features),
+        "cached": features.cached,
         "skipped": len(features.errors),
         "seconds": round(features.seconds, 3),
         "output": output,
