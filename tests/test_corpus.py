@@ -45,9 +45,9 @@ def _rss(pid: int) -> int:
 
 def test_predict_uses_or_reports_every_corpus_file(corpus: list[Path], demo_model_path: Path, tmp_path: Path) -> None:
     started = time.monotonic()
+    command = [sys.executable, "-m", "artistid.cli", "predict", str(demo_model_path), *map(str, corpus)]
     run = subprocess.run(
-        [sys.executable, "-m", "artistid.cli", "predict", str(demo_model_path), *map(str, corpus), "--json",
-         "--cache-dir", str(tmp_path / "cache")],  # fmt: skip
+        [*command, "--json", "--cache-dir", str(tmp_path / "cache")],
         capture_output=True,
         text=True,
         timeout=SECONDS,
@@ -72,9 +72,7 @@ def test_predict_uses_or_reports_every_corpus_file(corpus: list[Path], demo_mode
 def test_every_corpus_upload_gets_200_or_a_4xx_naming_the_reason(corpus: list[Path], onnx_server: Server) -> None:
     def upload(path: Path) -> tuple[Path, httpx.Response]:
         with httpx.Client(timeout=120) as client:
-            return path, client.post(
-                f"{onnx_server.url}/v1/predict", files={"files": (path.name, path.read_bytes())}
-            )
+            return path, client.post(f"{onnx_server.url}/v1/predict", files={"files": (path.name, path.read_bytes())})
 
     started = time.monotonic()
     with ThreadPoolExecutor(4) as pool:

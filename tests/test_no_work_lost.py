@@ -79,9 +79,9 @@ def test_a_killed_train_leaves_no_decoder_and_the_rerun_starts_from_its_cache(de
     assert not model.exists() and not list(tmp_path.glob(".*"))  # no model, and no half of one
     kept = _cached_vectors(database)
 
+    again = [*CLI, "featurize", str(demo_data / "Train"), "-o", str(tmp_path / "train.parquet")]
     rerun = subprocess.run(
-        [*CLI, "featurize", str(demo_data / "Train"), "-o", str(tmp_path / "train.parquet"),
-         "--cache-dir", str(cache), "--json"],  # fmt: skip
+        [*again, "--cache-dir", str(cache), "--json"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -146,7 +146,9 @@ def test_featurize_on_a_full_disk_keeps_a_sound_cache(demo_data: Path, small_dis
     assert summary["cached"] >= len(rows) and summary["images"] == 60
 
 
-def test_a_cache_that_fills_up_is_said_once_and_the_run_goes_on(demo_data: Path, small_disk: Path, tmp_path: Path) -> None:
+def test_a_cache_that_fills_up_is_said_once_and_the_run_goes_on(
+    demo_data: Path, small_disk: Path, tmp_path: Path
+) -> None:
     _fill(small_disk, 60_000)
     cache, output = small_disk / "cache", tmp_path / "features.parquet"
     run = subprocess.run(
@@ -163,7 +165,9 @@ def test_a_cache_that_fills_up_is_said_once_and_the_run_goes_on(demo_data: Path,
     ]
 
 
-def test_evaluate_on_a_full_disk_still_shows_its_metrics(demo_model_path: Path, demo_data: Path, small_disk: Path) -> None:
+def test_evaluate_on_a_full_disk_still_shows_its_metrics(
+    demo_model_path: Path, demo_data: Path, small_disk: Path
+) -> None:
     _fill(small_disk, 6_000)
     report = small_disk / "report"
     run = subprocess.run(
