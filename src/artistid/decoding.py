@@ -51,6 +51,7 @@ __all__ = [
     "Decoded",
     "decode_bytes",
     "decode_in_process",
+    "exit_with_parent",
     "read_and_decode",
 ]
 
@@ -180,6 +181,12 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="artistid-parent-watch", daemon=True).start()
+
+
+def exit_with_parent(worker_id: int | None = None) -> None:
+    """For a process started by someone else's pool (torch's DataLoader `worker_init_fn`): it ends when its parent
+    does, instead of lingering after a SIGKILL of the run."""
+    _die_with_parent(os.getppid())
 
 
 def _limit_memory(budget: int) -> None:
@@ -329,6 +336,7 @@ class DecodePool:
         self._waiting: deque[_Job] = deque()
         self._inbox: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._wake_reader, self._wake_writer = os.pipe()
+        os.set_blocking(self._wake_writer, False)  # a full pipe already says "wake up"
         self._workers: list[_Worker] = []
         self._closing = False
         self._stopped = "the decode pool was closed"
@@ -350,7 +358,8 @@ class DecodePool:
         if self._closing or not self._thread.is_alive():
             raise RuntimeError(self._stopped)
         self._inbox.put(job)
-        os.write(self._wake_writer, b"\0")
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_writer, b"\0")
         return job.future
 
     def batches(self, jobs: Iterable[tuple[int, str]], batch_size: int) -> Iterator[list[Decoded]]:
