@@ -149,7 +149,7 @@ def test_featurize_on_a_full_disk_keeps_a_sound_cache(demo_data: Path, small_dis
 def test_a_cache_that_fills_up_is_said_once_and_the_run_goes_on(
     demo_data: Path, small_disk: Path, tmp_path: Path
 ) -> None:
-    _fill(small_disk, 60_000)
+    _fill(small_disk, 300_000)  # room for the first batch or two of vectors, not for all 60
     cache, output = small_disk / "cache", tmp_path / "features.parquet"
     run = subprocess.run(
         [*CLI, "featurize", str(demo_data / "Test"), "-o", str(output), "--cache-dir", str(cache), "--json"],
@@ -163,6 +163,10 @@ def test_a_cache_that_fills_up_is_said_once_and_the_run_goes_on(
         f"{cache / 'features-v1.sqlite'}: cannot write to the feature cache (database or disk is full); "
         "going on without saving to it"
     ]
+    with sqlite3.connect(cache / "features-v1.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        rows = db.execute("SELECT dim, length(vector) FROM features").fetchall()
+    assert len(rows) >= 16 and all(length == 4 * dim for dim, length in rows)  # the batches before are kept whole
 
 
 def test_evaluate_on_a_full_disk_still_shows_its_metrics(

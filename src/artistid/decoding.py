@@ -281,10 +281,10 @@ class _Worker:
         return not self.sent or (len(self.sent) < DecodePool._DEPTH and job.kind == "path")
 
     def send(self, job: _Job) -> None:
+        self.jobs.send((job.index, job.kind, job.payload))
         if not self.sent:
             self.started = time.monotonic()
         self.sent.append(job)
-        self.jobs.send((job.index, job.kind, job.payload))
 
     def stop(self, kill: bool = False) -> None:
         with contextlib.suppress(OSError):
@@ -458,6 +458,7 @@ class DecodePool:
                 try:
                     worker.send(job)
                 except OSError:  # it died since: its closed pipe reports it, and this job goes to another
+                    self._waiting.appendleft(job)
                     break
 
     def _wait(self) -> list[Any]:
