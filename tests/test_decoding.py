@@ -70,7 +70,7 @@ def test_results_and_errors_of_ordinary_files(painting: Path, tmp_path: Path) ->
     assert np.array_equal(good.pixels, load_image(painting))  # the same pixels as decoding here
     assert text.pixels is None and text.not_an_image and text.error == "notes.jpg: not an image Pillow can read"
     with pytest.raises(NotAnImageError):
-        text.raise_error()
+        text.pixels_or_raise()
     assert missing.error == f"{tmp_path / 'missing.jpg'}: file not found"
 
 

@@ -92,10 +92,10 @@ class Decoded:
     stat: tuple[int, int] | None = None
     not_an_image: bool = False
 
-    def raise_error(self) -> None:
-        """Raises the `ImageError` this result stands for, if it is one."""
+    def pixels_or_raise(self) -> np.ndarray:
+        """The pixels, or the `ImageError` this result stands for."""
         if self.pixels is not None:
-            return
+            return self.pixels
         name, _, reason = self.error.partition(": ")
         raise (NotAnImageError if self.not_an_image else ImageError)(name, reason)
 

@@ -328,9 +328,7 @@ class UploadLimit:
 async def _decode_all(pool: DecodePool, uploads: list[tuple[str, bytes]]) -> np.ndarray:
     futures = [asyncio.wrap_future(pool.submit_bytes(i, name, data)) for i, (name, data) in enumerate(uploads)]
     decoded = await asyncio.gather(*futures)
-    for result in decoded:
-        result.raise_error()
-    return np.stack([result.pixels for result in decoded])
+    return np.stack([result.pixels_or_raise() for result in decoded])
 
 
 def create_app(

@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from fastapi import HTTPException, Request
@@ -56,10 +56,10 @@ RETRY_AFTER_SECONDS = 1
 _ENDPOINTS = ("/v1/predict", "/v1/explain", "/v1/model", "/healthz", "/metrics", "/", "/docs", "/openapi.json")
 
 
-def load_api_keys(path: str | Path | None = None, environ: dict[str, str] | None = None) -> list[str]:
+def load_api_keys(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> list[str]:
     """The keys from `path` (one per line; blank lines and lines starting with # skipped) and $ARTISTID_API_KEY."""
-    environ = os.environ if environ is None else environ  # type: ignore[assignment]
-    keys = []
+    environ = os.environ if environ is None else environ
+    keys: list[str] = []
     if path is not None:
         try:
             lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -69,14 +69,15 @@ def load_api_keys(path: str | Path | None = None, environ: dict[str, str] | None
         keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
         if not keys:
             raise ArtistIdError(f"{path}: the API key file has no keys (one key per line)")
-    if environ.get(API_KEY_ENV, "").strip():
-        keys.append(environ[API_KEY_ENV].strip())
+    from_environment = environ.get(API_KEY_ENV, "").strip()
+    if from_environment:
+        keys.append(from_environment)
     return keys
 
 
 def _is_loopback(host: str) -> bool:
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        addresses = {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
     except socket.gaierror:
         return False
     return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
