@@ -85,7 +85,7 @@ def test_a_request_that_gave_up_while_waiting_is_not_computed_and_batch_sizes_ar
     sizes: list[int] = []
     batcher = MicroBatcher(model, max_batch=32, on_batch=sizes.append)
     first = batcher.submit(np.array([[1.0]]))
-    time.sleep(0.05)  # the worker is now inside the first call
+    assert model.started.wait(10)  # the worker is now inside the first call
     abandoned = batcher.submit(np.zeros((5, 1)))
     kept = batcher.submit(np.array([[3.0]]))
     assert abandoned.cancel()  # as the service does when a request runs out of time
