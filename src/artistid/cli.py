@@ -88,7 +88,8 @@ Workers = Annotated[
     int | None,
     typer.Option(
         "--workers",
-        help="Decoding processes (default: one per two cores, one per core for large scans).",
+        help="Decoding processes (default: one per two cores, one per core for large scans; 0: decode in this "
+        "process, where a crashing or hanging codec takes the run down).",
     ),
 ]
 StorageOption = Annotated[
@@ -586,13 +587,20 @@ def evaluate_command(
             progress=not quiet and not as_json,
             store=store,
         )
-    files = write_report(evaluation, report) if report else {}
+    files: dict[str, str] = {}
+    failure = None
+    try:
+        files = write_report(evaluation, report) if report else {}
+    except OSError as exc:  # a full disk, say: the metrics are shown all the same, then the error
+        failure = exc
     if as_json:
         _print_json({**evaluation.metrics, "report": files})
-        return
-    typer.echo(format_report(evaluation))
-    for name, path in files.items():
-        typer.echo(f"{name}: {path}")
+    else:
+        typer.echo(format_report(evaluation))
+        for name, path in files.items():
+            typer.echo(f"{name}: {path}")
+    if failure is not None:
+        raise failure
 
 
 # --- predict ---------------------------------------------------------------------------------------------------
@@ -900,17 +908,34 @@ def serve(
     log_level: Annotated[
         LogLevel, typer.Option("--log-level", case_sensitive=False, help="uvicorn's log level.")
     ] = LogLevel.info,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option("--api-key-file", help="File of API keys, one per line (also: $ARTISTID_API_KEY)."),
+    ] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Serve without API keys on a non-loopback address.")
+    ] = False,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", min=1, help="Requests decoded or waiting for the model at once (503 above).")
+    ] = 32,
+    request_timeout: Annotated[
+        float, typer.Option("--request-timeout", min=0.1, help="Seconds a request may take, upload included.")
+    ] = 60.0,
 ) -> None:
     """Serve MODEL over HTTP: POST /v1/predict, GET /v1/model, a page at / and OpenAPI docs at /docs.
 
     An .onnx file runs on ONNX Runtime without PyTorch; `--runtime onnx` with a model file exports it first.
+    With API keys every /v1 endpoint and /metrics need `Authorization: Bearer <key>`.
     """
     import tempfile
 
     from artistid.serve import check_model_file, runtime_for
     from artistid.serve import serve as run_server
+    from artistid.service_guard import check_exposure, load_api_keys
 
     logging.basicConfig(level=getattr(logging, log_level.value.upper(), logging.DEBUG), format="%(message)s")
+    api_keys = load_api_keys(api_key_file)
+    check_exposure(host, api_keys, no_auth)  # before the model loads
     chosen = runtime_for(model_path, runtime)
     with tempfile.TemporaryDirectory(prefix="artistid-serve-") as scratch:
         if chosen == "onnx" and not model_path.lower().endswith(".onnx"):
@@ -930,6 +955,10 @@ def serve(
             max_upload_mb=max_upload_mb,
             max_batch=max_batch,
             log_level=log_level.value,
+            api_keys=api_keys,
+            no_auth=no_auth,
+            max_queue=max_queue,
+            request_seconds=request_timeout,
         )
 
 

@@ -19,14 +19,15 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from artistid import storage
 from artistid.datasets import Sample
-from artistid.errors import ArtistIdError, ImageError, UsageError
-from artistid.images import MAX_PIXELS, Preprocess, load_image
+from artistid.decoding import Decoded, DecodePool, decode_in_process, read_and_decode
+from artistid.errors import ArtistIdError, UsageError
+from artistid.images import Preprocess
 
 if TYPE_CHECKING:
     import torch
@@ -134,6 +135,7 @@ class FeatureCache:
     def __init__(self, directory: str | Path | None = None) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.path = self.directory / "features-v1.sqlite"
+        self._unwritable = False
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
@@ -172,11 +174,22 @@ class FeatureCache:
                     found[key] = vector
         return found
 
+    def _write(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
+        """One transaction. A cache that cannot be written (a full disk) is said so once, then only read: it saves
+        time, and the run's own output matters more. A failed transaction leaves no part of itself behind."""
+        if self._unwritable or not rows:
+            return
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(statement, rows)
+        except sqlite3.Error as exc:
+            self._unwritable = True
+            logger.warning("%s: cannot write to the feature cache (%s); going on without saving to it", self.path, exc)
+
     def put_many(self, items: dict[str, np.ndarray]) -> None:
         rows = [(k, int(v.shape[0]), np.ascontiguousarray(v, dtype=np.float32).tobytes()) for k, v in items.items()]
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?)", rows)
+        self._write("INSERT OR REPLACE INTO features VALUES (?, ?, ?)", rows)
 
     def known_hashes(self, paths: Sequence[str]) -> dict[str, str]:
         """Content hashes of local files unchanged since they were last hashed."""
@@ -203,9 +216,7 @@ class FeatureCache:
 
     def remember_hashes(self, hashes: dict[str, tuple[int, int, str]]) -> None:
         rows = [(_absolute(p), *v) for p, v in hashes.items()]
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", rows)
+        self._write("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", rows)
 
 
 # --- the result ------------------------------------------------------------------------------------------------
@@ -291,58 +302,6 @@ def _sidecar_identity(path: str | Path) -> str:
 # --- the pipeline ----------------------------------------------------------------------------------------------
 
 
-class Decoded:
-    """What a worker sends back for one image: its content hash and pixels, or the reason it failed."""
-
-    __slots__ = ("error", "index", "pixels", "sha", "stat")
-
-    def __init__(
-        self,
-        index: int,
-        sha: str = "",
-        pixels: np.ndarray | None = None,
-        error: str = "",
-        stat: tuple[int, int] | None = None,
-    ) -> None:
-        self.index, self.sha, self.pixels, self.error, self.stat = index, sha, pixels, error, stat
-
-
-def read_and_decode(index: int, path: str, preprocess: Preprocess, storage_options: dict[str, Any] | None) -> Decoded:
-    """Reads, hashes and decodes one image; every engine's workers call this, so all decode alike."""
-    try:
-        stat = None
-        if storage.is_local(path):
-            st = os.stat(storage.local_path(path))
-            stat = (st.st_size, st.st_mtime_ns)
-        data = storage.read_bytes(path, storage_options)
-    except FileNotFoundError:
-        return Decoded(index, error=f"{path}: file not found")
-    except Exception as exc:
-        return Decoded(index, error=f"{path}: cannot read file ({exc})")
-    sha = hashlib.sha256(data).hexdigest()
-    try:
-        pixels = load_image(data, preprocess, name=path, max_pixels=MAX_PIXELS)
-    except ImageError as exc:
-        return Decoded(index, sha, error=str(exc), stat=stat)
-    return Decoded(index, sha, pixels, stat=stat)
-
-
-class _DecodeDataset:
-    """A map-style dataset for torch's DataLoader: decoding happens in its worker processes."""
-
-    def __init__(
-        self, jobs: list[tuple[int, str]], preprocess: Preprocess, storage_options: dict[str, Any] | None
-    ) -> None:
-        self.jobs, self.preprocess, self.storage_options = jobs, preprocess, storage_options
-
-    def __len__(self) -> int:
-        return len(self.jobs)
-
-    def __getitem__(self, position: int) -> Decoded:
-        index, path = self.jobs[position]
-        return read_and_decode(index, path, self.preprocess, self.storage_options)
-
-
 def _decoded_batches(
     jobs: list[tuple[int, str]],
     preprocess: Preprocess,
@@ -350,17 +309,11 @@ def _decoded_batches(
     batch_size: int,
     storage_options: dict[str, Any] | None,
 ) -> Iterator[list[Decoded]]:
-    from torch.utils.data import DataLoader, Dataset
-
-    loader: DataLoader[Decoded] = DataLoader(
-        cast("Dataset[Decoded]", _DecodeDataset(jobs, preprocess, storage_options)),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=list,
-        prefetch_factor=4 if workers else None,
-        multiprocessing_context="fork" if workers else None,
-    )
-    yield from loader
+    if not workers:
+        yield from decode_in_process(jobs, preprocess, storage_options, batch_size)
+        return
+    with DecodePool(preprocess, workers=workers, storage_options=storage_options) as pool:
+        yield from pool.batches(jobs, batch_size)
 
 
 def decode_workers() -> int:
@@ -424,7 +377,8 @@ def featurize(
         pending = [i for i in range(len(samples)) if i not in vectors]
 
     if workers is None:
-        workers = _default_workers([paths[i] for i in pending]) if len(pending) > 32 else 0
+        # Even a few files decode in a worker: a crash or hang in a codec must cost only its file.
+        workers = _default_workers([paths[i] for i in pending]) if len(pending) > 32 else 1
     bar = tqdm(
         total=len(samples),
         initial=len(vectors),

@@ -3,14 +3,17 @@
     POST /v1/predict   multipart `files` (one or more images) -> artist, probability and top-k per image
     POST /v1/explain   one image (multipart `file`) -> PNG: where the model looked (Grad-CAM; torch runtime)
     GET  /v1/model     the model card: classes, backbone, preprocessing, calibration, training, metrics
-    GET  /healthz      liveness, and how requests were batched
+    GET  /healthz      liveness, and how requests were batched (open without an API key, for probes)
+    GET  /metrics      Prometheus metrics (`artistid.service_guard`)
     GET  /             the page: drop a painting, see the artist and the probabilities
     GET  /docs         OpenAPI
 
 A model file (.safetensors) runs on PyTorch; an .onnx file from `artistid export` runs on ONNX Runtime, and that
 path never imports torch. Requests are decoded in the thread pool and then micro-batched for the model
 (`artistid.batching`). Bad input is a 4xx naming the file and the reason: 413 over the upload limit, 415 for a file
-that is not an image, 422 for one that cannot be decoded (truncated, decompression bomb, empty).
+that is not an image, 422 for one that cannot be decoded (truncated, decompression bomb, empty, or one that crashes
+or hangs its decoder: uploads are decoded in worker processes, `artistid.decoding`). API keys, load shedding, the
+request time limit, the access log and the metrics are `artistid.service_guard`'s.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import asyncio
 import logging
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources import files as package_files
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import quote
 
 import numpy as np
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -49,9 +52,18 @@ from artistid.card import (
     ModelCard,
     TrainingCard,
 )
+from artistid.decoding import DecodePool
 from artistid.errors import ArtistIdError, ImageError, ModelFileError, NotAnImageError, UsageError
-from artistid.images import Preprocess, load_image
+from artistid.features import decode_workers
+from artistid.images import Preprocess
 from artistid.onnx_model import OnnxModel
+from artistid.service_guard import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_REQUEST_SECONDS,
+    GuardMiddleware,
+    ServiceGuard,
+    check_exposure,
+)
 from artistid.storage import file_sha256
 
 if TYPE_CHECKING:
@@ -313,8 +325,10 @@ class UploadLimit:
 
 
 # --- the app ---------------------------------------------------------------------------------------------------
-def _decode_all(uploads: list[tuple[str, bytes]], preprocess: Preprocess) -> np.ndarray:
-    return np.stack([load_image(data, preprocess, name=name) for name, data in uploads])
+async def _decode_all(pool: DecodePool, uploads: list[tuple[str, bytes]]) -> np.ndarray:
+    futures = [asyncio.wrap_future(pool.submit_bytes(i, name, data)) for i, (name, data) in enumerate(uploads)]
+    decoded = await asyncio.gather(*futures)
+    return np.stack([result.pixels_or_raise() for result in decoded])
 
 
 def create_app(
@@ -323,19 +337,26 @@ def create_app(
     runtime: str | None = None,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     max_batch: int = DEFAULT_MAX_BATCH,
+    api_keys: Sequence[str] = (),
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    request_seconds: float = DEFAULT_REQUEST_SECONDS,
 ) -> FastAPI:
     """The service for one model file; the model is loaded when the app starts (lifespan), not here."""
+    guard = ServiceGuard(api_keys=api_keys, max_queue=max_queue, request_seconds=request_seconds)
+    admitted = [Depends(guard.admit, scope="function")]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         model = load_served_model(model_path, runtime)
         app.state.model = model
-        app.state.batcher = MicroBatcher(model.predict, max_batch=max_batch)
+        app.state.decoder = DecodePool(model.card.preprocess, workers=max(2, decode_workers()))
+        app.state.batcher = MicroBatcher(model.predict, max_batch=max_batch, on_batch=guard.observe_batch)
         logger.info("serving %s on %s", model.info.model.name, model.info.model.runtime)
         try:
             yield
         finally:
             app.state.batcher.close()
+            app.state.decoder.close()
 
     app = FastAPI(
         title="artistid",
@@ -346,6 +367,7 @@ def create_app(
         redoc_url=None,  # ReDoc comes only from a CDN, which offline machines cannot reach
     )
     app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 1e6))
+    app.add_middleware(GuardMiddleware, guard=guard)  # outermost: keys are checked before an upload is read
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
 
@@ -379,7 +401,7 @@ def create_app(
         },
     }
 
-    @app.post("/v1/predict", response_model=PredictResponse, responses=bad_input)
+    @app.post("/v1/predict", response_model=PredictResponse, responses=bad_input, dependencies=admitted)
     async def predict(
         request: Request,
         files: Annotated[list[UploadFile], File(description="One or more images of paintings.")],
@@ -390,7 +412,7 @@ def create_app(
             raise HTTPException(413, f"{len(files)} files in one request; at most {MAX_FILES}")
         model: ServedModel = request.app.state.model
         uploads = [(upload.filename or f"file {i + 1}", await upload.read()) for i, upload in enumerate(files)]
-        pixels = await run_in_threadpool(_decode_all, uploads, model.card.preprocess)
+        pixels = await _decode_all(request.app.state.decoder, uploads)
         probabilities = await asyncio.wrap_future(request.app.state.batcher.submit(pixels))
         predictions = [
             Prediction(
@@ -403,6 +425,7 @@ def create_app(
             )
             for (name, _), answer in zip(uploads, model.card.decide(probabilities, top_k=top_k), strict=True)
         ]
+        guard.count_answers(p.artist for p in predictions)
         return PredictResponse(model=model.info.model, predictions=predictions)
 
     @app.post(
@@ -419,6 +442,7 @@ def create_app(
             501: {"model": ErrorDetail, "description": "The ONNX runtime cannot explain."},
             **{status: bad_input[status] for status in (413, 415, 422)},
         },
+        dependencies=admitted,
     )
     async def explain(
         request: Request,
@@ -432,7 +456,9 @@ def create_app(
         if model.explain is None:
             raise HTTPException(501, "explanations need gradients: serve the model file on the torch runtime")
         name = file.filename or "file"
-        explanation = await run_in_threadpool(model.explain, await file.read(), name, artist)
+        data = await file.read()
+        await _decode_all(request.app.state.decoder, [(name, data)])  # a file that crashes a decoder stops here
+        explanation = await run_in_threadpool(model.explain, data, name, artist)
         # Percent-encoded: HTTP headers are Latin-1 and an artist's folder name may not be.
         headers = {"X-Artist": quote(explanation.artist), "X-Probability": f"{explanation.probability:.6f}"}
         return Response(await run_in_threadpool(explanation.png), media_type="image/png", headers=headers)
@@ -452,6 +478,10 @@ def create_app(
             batches=stats.batches,
             largest_batch=stats.largest_batch,
         )
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return guard.metrics()
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -491,10 +521,24 @@ def serve(
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     max_batch: int = DEFAULT_MAX_BATCH,
     log_level: str = "info",
+    api_keys: Sequence[str] = (),
+    no_auth: bool = False,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    request_seconds: float = DEFAULT_REQUEST_SECONDS,
 ) -> None:
     """Runs the service on uvicorn until interrupted."""
     import uvicorn
 
+    check_exposure(host, api_keys, no_auth)
     _check_port_free(host, port)  # before the model loads, which can take seconds
-    app = create_app(model_path, runtime=runtime, max_upload_mb=max_upload_mb, max_batch=max_batch)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    app = create_app(
+        model_path,
+        runtime=runtime,
+        max_upload_mb=max_upload_mb,
+        max_batch=max_batch,
+        api_keys=api_keys,
+        max_queue=max_queue,
+        request_seconds=request_seconds,
+    )
+    # The guard writes the access log (one JSON line per request, artistid.access), so uvicorn's is off.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, access_log=False)
