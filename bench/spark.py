@@ -24,6 +24,7 @@ from artistid import spark as engine
 from artistid.backbones import create_backbone
 from artistid.datasets import load_dataset
 from artistid.features import FeatureExtractor, featurize
+from artistid.runtimes import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 PAINTINGS3 = ROOT.parent / "shared" / "datasets" / "paintings3"
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="timed runs per engine; the best counts")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
+    print(f"machine: {machine().describe()}", flush=True)
     if not PAINTINGS3.is_dir():
         sys.exit(f"bench/spark.py needs the real paintings at {PAINTINGS3}")
     logging.basicConfig(level=logging.ERROR)

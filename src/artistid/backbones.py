@@ -316,35 +316,68 @@ class Backbone:
     def __init__(
         self,
         spec: BackboneSpec,
-        network: nn.Module,
+        network: nn.Module | None,
         feature_nodes: tuple[str, ...] | None = None,
         pooling: Pooling = "avg",
         weights_sha256: str = "",
         *,
         weights_source: str = "",
         revision: str | None = None,
+        build: Callable[[], nn.Module] | None = None,
     ) -> None:
-        from timm.models import create_feature_extractor
-
         if pooling not in POOLINGS:
             raise UsageError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
+        if network is None and build is None:
+            raise ValueError("a Backbone needs its network, or a function that builds it")
         self.spec = spec
-        network = copy.deepcopy(network)
-        self.network = network.eval().requires_grad_(False)
         self.feature_nodes = tuple(feature_nodes or spec.feature_nodes)
         self.pooling = pooling
         self.weights_sha256 = weights_sha256
         self.weights_source = weights_source
         self.revision = revision
+        # Built on first use: a run whose every vector is cached needs the identity only, not the network.
+        self._build = build
+        self._network: nn.Module | None = None
+        self._extract: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
+        if network is not None:
+            self._cut(network)
+
+    def _cut(self, network: nn.Module) -> None:
+        from timm.models import create_feature_extractor
+
+        network = copy.deepcopy(network).eval().requires_grad_(False)
         if self.feature_nodes == ("pooled",):
-            self._extract: Callable[[torch.Tensor], list[torch.Tensor]] = lambda x: [self._pooled(x)]
-            self._pooled = _pooled_network(network)
+            pooled = _pooled_network(network)
+            self._extract = lambda x: [pooled(x)]
         else:
             try:
                 extractor = create_feature_extractor(network, return_nodes=list(self.feature_nodes))
             except ValueError as exc:
-                raise WeightsError(f"{exc}; list valid names with `artistid backbones --nodes {spec.name}`") from None
+                raise WeightsError(
+                    f"{exc}; list valid names with `artistid backbones --nodes {self.spec.name}`"
+                ) from None
             self._extract = lambda x: list(extractor(x).values())
+        self._network = network
+
+    @property
+    def built(self) -> bool:
+        """Whether the network has been built (a warm run never builds it)."""
+        return self._network is not None
+
+    @property
+    def network(self) -> nn.Module:
+        """The frozen network, built (and its weights loaded) the first time it is asked for."""
+        if self._network is None and self._build is not None:
+            self._cut(self._build())
+        if self._network is None:
+            raise WeightsError(f"backbone {self.spec.name!r} has no network")
+        return self._network
+
+    def _extractor(self) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+        self.network  # noqa: B018 (builds the network and its cut on first use)
+        if self._extract is None:
+            raise WeightsError(f"backbone {self.spec.name!r} has no network")
+        return self._extract
 
     @property
     def preprocess(self) -> Preprocess:
@@ -392,7 +425,7 @@ class Backbone:
         import torch
 
         parts = []
-        for output in self._extract(batch):
+        for output in self._extractor()(batch):
             if output.ndim == 4:
                 flat = output.float().flatten(2)
                 parts.append(flat.mean(2))
@@ -443,9 +476,25 @@ def create_backbone(
         spec = replace(spec, input_size=input_size)
     if tiles != spec.tiles:
         spec = replace(spec, tiles=tiles)
-    network = build_network(spec)
-    sha = load_pretrained(network, spec, weights) if pretrained else ""
-    return Backbone(spec, network, feature_nodes, pooling, sha, weights_source=_weights_source(spec, weights))
+    if not pretrained:
+        return Backbone(spec, build_network(spec), feature_nodes, pooling, "")
+    path = _resolve_weights_file(spec, weights)
+
+    def build() -> nn.Module:
+        network = build_network(spec)
+        load_pretrained(network, spec, weights)
+        return network
+
+    # The weights file's fingerprint names the backbone without building it (or importing torch).
+    return Backbone(
+        spec,
+        None,
+        feature_nodes,
+        pooling,
+        file_fingerprint(path),
+        weights_source=_weights_source(spec, weights),
+        build=build,
+    )
 
 
 def _weights_source(spec: BackboneSpec, weights: str | Path | None) -> str:
