@@ -66,8 +66,10 @@ def test_export_refuses_a_graph_that_disagrees_with_pytorch(demo_model_path: Pat
     import torch
 
     def trace_other_weights(module, example: np.ndarray, path: str, *names: str) -> None:
-        noise = np.random.default_rng(0).normal(0, 0.05, tuple(module.weight.shape)).astype(np.float32)
-        module.weight += torch.from_numpy(noise)
+        weight = module.model.head.weight  # the pipeline's ArtistForward head
+        noise = np.random.default_rng(0).normal(0, 0.05, tuple(weight.shape)).astype(np.float32)
+        with torch.no_grad():
+            weight += torch.from_numpy(noise)
         trace(module, example, path, *names)
 
     monkeypatch.setattr(export, "trace_to_onnx", trace_other_weights)

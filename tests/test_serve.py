@@ -251,7 +251,7 @@ def test_a_model_file_serves_on_every_runtime_alike(demo_model_path: Path, demo_
     from artistid.serve import load_served_model
 
     served = {runtime: load_served_model(demo_model_path, runtime) for runtime in ("torch", "onnx", "openvino")}
-    pixels = np.stack([load_image(f, served["torch"].preprocess) for f in paintings(demo_data)])
+    pixels = np.stack([load_image(f, served["torch"].card.preprocess) for f in paintings(demo_data)])
     expected = served["torch"].predict(pixels)
     for runtime, model in served.items():
         assert model.info.model.runtime == runtime
