@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: setup test-deps demo test lint bench bench-train bench-results bench-recipes bench-serve bench-storage bench-spark clean
+.PHONY: setup test-deps demo test lint bench bench-train bench-results bench-recipes bench-int8 bench-serve bench-storage bench-spark clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,9 @@ bench-results: setup
 
 bench-recipes: setup
 	$(BIN)/python bench/recipes.py
+
+bench-int8: setup
+	$(BIN)/python bench/int8.py
 
 bench-serve: setup
 	$(BIN)/python bench/serve.py

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -39,13 +38,7 @@ from artistid.backbones import create_backbone  # noqa: E402
 from artistid.datasets import Sample  # noqa: E402
 from artistid.feature_store import FeatureStore  # noqa: E402
 from artistid.features import FeatureExtractor  # noqa: E402
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+from artistid.runtimes import machine  # noqa: E402
 
 
 def _rss_mib(pid: int) -> float:
@@ -138,10 +131,10 @@ def main() -> None:
     samples = [Sample(str(path), path.parent.name) for path in paths]
     assert {s.label for s in samples} <= set(ARTISTS)
     extractor = FeatureExtractor(create_backbone("efficientnet_lite0"), precision=args.precision)
-    print(f"{_cpu()}, {os.cpu_count()} cores; precision {extractor.precision}; {len(samples)} images in {args.folder}")
+    print(f"machine: {machine().describe()}; precision {extractor.precision}; {len(samples)} images in {args.folder}")
     print(f"load average before: {os.getloadavg()[0]:.2f}", flush=True)
 
-    results: dict[str, Any] = {"cpu": _cpu(), "cores": os.cpu_count(), "load_before": os.getloadavg()[0]}
+    results: dict[str, Any] = {"machine": machine().describe(), "load_before": os.getloadavg()[0]}
     with tempfile.TemporaryDirectory(prefix="artistid-bench-spark-") as scratch:
         folder = Path(scratch)
         store = FeatureStore(str(folder / "store"))

@@ -107,7 +107,15 @@ FeatureNode = Annotated[
     typer.Option("--feature-node", help="Layer to cut at (repeatable; default: the pooled penultimate layer)."),
 ]
 Pooling = Annotated[str, typer.Option("--pooling", help="avg, or meanstd: channel means and stds (style).")]
-Precision = Annotated[str, typer.Option("--precision", help="auto, fp32 or bf16 (auto: bf16 where native).")]
+Precision = Annotated[
+    str, typer.Option("--precision", help="auto, fp32 or bf16 (auto: bf16 only where native, if faster here).")
+]
+Runtime = Annotated[
+    str,
+    typer.Option(
+        "--runtime", help="Where the backbone runs: auto (the fastest measured on this machine), torch, onnx, openvino."
+    ),
+]
 Tiles = Annotated[
     int,
     typer.Option(
@@ -268,6 +276,7 @@ def featurize(
     feature_node: FeatureNode = None,
     pooling: Pooling = "avg",
     precision: Precision = "auto",
+    runtime: Runtime = "auto",
     image_size: Annotated[
         int | None, typer.Option(help="Backbone input side in pixels (default: the backbone's own).")
     ] = None,
@@ -308,7 +317,7 @@ def featurize(
         input_size=image_size,
         tiles=tiles,
     )
-    extractor = FeatureExtractor(network, precision=precision)  # type: ignore[arg-type]
+    extractor = FeatureExtractor(network, precision=precision, runtime=runtime)  # type: ignore[arg-type]
     if spark is not None:
         with spark.session(master, remote=remote) as session:
             run = spark.featurize(
@@ -356,10 +365,11 @@ def train(
     preset: Annotated[
         str,
         typer.Option(
-            help="Recipe: fast (the reference design's) or best (style statistics at 512 px, whole and 2 x 2 "
-            "tiles); the recipe options below change it."
+            help="Recipe: standard (the default: style statistics at 224 px, L-BFGS), reference (the reference "
+            "design's SGD recipe) or best (style statistics at 512 px, whole and 2 x 2 tiles); the recipe options "
+            "below change it."
         ),
-    ] = "fast",
+    ] = "standard",
     backbone: Annotated[
         str | None, typer.Option("--backbone", help="Backbone name (see `artistid backbones`).")
     ] = None,
@@ -369,16 +379,22 @@ def train(
         str | None, typer.Option("--pooling", help="avg, or meanstd: channel means and stds (style).")
     ] = None,
     precision: Annotated[
-        str | None, typer.Option("--precision", help="auto, fp32 or bf16 (auto: bf16 where native).")
+        str | None, typer.Option("--precision", help="auto, fp32 or bf16 (auto: bf16 only where native, if faster).")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Passes over the training set [fast: 7].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Minibatch size [fast: 50].")] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option("--runtime", help="Where the backbone runs: auto (fastest measured here), torch, onnx, openvino."),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training set [reference: 7].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Minibatch size [reference: 50].")] = None,
     lr: Annotated[
         str | None,
-        typer.Option(help="Learning rate per epoch: '0.2x10,0.1' = 0.2 for 10 epochs, then 0.1 [fast: 0.2x10,0.1]."),
+        typer.Option(
+            help="Learning rate per epoch: '0.2x10,0.1' = 0.2 for 10 epochs, then 0.1 [reference: 0.2x10,0.1]."
+        ),
     ] = None,
-    momentum: Annotated[float | None, typer.Option(help="SGD momentum [fast: 0.9].")] = None,
-    l2: Annotated[float | None, typer.Option(help="L2 weight decay [fast: 0.0005].")] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum [reference: 0.9].")] = None,
+    l2: Annotated[float | None, typer.Option(help="L2 weight [standard: 0.01, reference: 0.0005].")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed: the same seed gives the same model [123].")] = None,
     val_fraction: Annotated[float | None, typer.Option(help="Hold out this fraction of Train for validation.")] = None,
     patience: Annotated[int | None, typer.Option(help="Stop after N epochs without validation gain.")] = None,
@@ -432,6 +448,7 @@ def train(
         feature_nodes=tuple(feature_node) if feature_node else None,
         pooling=pooling,
         precision=precision,
+        runtime=runtime,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -547,6 +564,7 @@ def evaluate_command(
         str | None,
         typer.Option("--report", help="Folder for predictions.csv, metrics.json, confusion.png and coverage.png."),
     ] = None,
+    runtime: Runtime = "auto",
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
     workers: Workers = None,
@@ -568,7 +586,7 @@ def evaluate_command(
     spark = _spark(engine, master, remote)
     options = _options(storage_option)
     store = _store(feature_store, options)
-    model = Model.load(model_path, options)
+    model = Model.load(model_path, options, runtime=runtime)
     if report:
         _check_output(report, "folder")
     samples = load_test_set(test, options)
@@ -611,6 +629,7 @@ def predict(
     paths: Annotated[list[str], typer.Argument(metavar="PATH", help="Image files or folders (URIs work too).")],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many artists to list per image.")] = 1,
     strict: Annotated[bool, typer.Option(help="Exit with status 1 if any file could not be used.")] = False,
+    runtime: Runtime = "auto",
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
     workers: Workers = None,
@@ -655,7 +674,7 @@ def predict(
         return
     if output is not None:
         raise ArtistIdError("--output is for --engine spark; the local engine prints its predictions")
-    model = Model.load(model_path, options)
+    model = Model.load(model_path, options, runtime=runtime)
     samples = list_images(paths, options)
     if not samples:
         raise ArtistIdError(f"{' '.join(paths)}: no images found")
@@ -900,7 +919,10 @@ def serve(
     ] = 20.0,
     runtime: Annotated[
         str | None,
-        typer.Option("--runtime", help="torch or onnx (default: onnx for an .onnx file, else torch)."),
+        typer.Option(
+            "--runtime",
+            help="auto, torch, onnx or openvino: where a model file's backbone runs (an .onnx file: onnx).",
+        ),
     ] = None,
     max_batch: Annotated[
         int, typer.Option("--max-batch", min=1, help="Most images per model call (micro-batching).")
@@ -924,11 +946,10 @@ def serve(
 ) -> None:
     """Serve MODEL over HTTP: POST /v1/predict, GET /v1/model, a page at / and OpenAPI docs at /docs.
 
-    An .onnx file runs on ONNX Runtime without PyTorch; `--runtime onnx` with a model file exports it first.
+    An .onnx file runs on ONNX Runtime without PyTorch. A model file's backbone runs on --runtime (auto: the
+    fastest measured on this machine) and its head in NumPy.
     With API keys every /v1 endpoint and /metrics need `Authorization: Bearer <key>`.
     """
-    import tempfile
-
     from artistid.serve import check_model_file, runtime_for
     from artistid.serve import serve as run_server
     from artistid.service_guard import check_exposure, load_api_keys
@@ -937,29 +958,20 @@ def serve(
     api_keys = load_api_keys(api_key_file)
     check_exposure(host, api_keys, no_auth)  # before the model loads
     chosen = runtime_for(model_path, runtime)
-    with tempfile.TemporaryDirectory(prefix="artistid-serve-") as scratch:
-        if chosen == "onnx" and not model_path.lower().endswith(".onnx"):
-            from artistid.export import export_onnx
-            from artistid.model import Model
-
-            exported = str(Path(scratch) / (Path(model_path).stem + ".onnx"))
-            report = export_onnx(Model.load(model_path), exported, source=model_path)
-            typer.echo(f"exported {model_path} to ONNX (max probability difference {report.max_abs_diff:.2g})")
-            model_path = exported
-        check_model_file(model_path, chosen)  # a bad file fails here in one line, before the server starts
-        run_server(
-            model_path,
-            host=host,
-            port=port,
-            runtime=chosen,
-            max_upload_mb=max_upload_mb,
-            max_batch=max_batch,
-            log_level=log_level.value,
-            api_keys=api_keys,
-            no_auth=no_auth,
-            max_queue=max_queue,
-            request_seconds=request_timeout,
-        )
+    check_model_file(model_path, chosen)  # a bad file fails here in one line, before the server starts
+    run_server(
+        model_path,
+        host=host,
+        port=port,
+        runtime=chosen,
+        max_upload_mb=max_upload_mb,
+        max_batch=max_batch,
+        log_level=log_level.value,
+        api_keys=api_keys,
+        no_auth=no_auth,
+        max_queue=max_queue,
+        request_seconds=request_timeout,
+    )
 
 
 @app.command()

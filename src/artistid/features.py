@@ -28,6 +28,14 @@ from artistid.datasets import Sample
 from artistid.decoding import Decoded, DecodePool, decode_in_process, read_and_decode
 from artistid.errors import ArtistIdError, UsageError
 from artistid.images import Preprocess
+from artistid.runtimes import (
+    PRECISIONS,
+    Engine,
+    choose_engine,
+    create_engine,
+    features_identity,
+    machine,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -48,7 +56,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16"]  # asked for; the extractor resolves "auto" per machine
 LARGE_FILE_BYTES = 512_000  # a median file above this is a large scan: decoding dominates
 STORE_PART_ROWS = 2048  # vectors per feature-store part: few files, and little lost when a run is killed
 
@@ -62,40 +70,65 @@ def default_cache_dir() -> Path:
 # --- the extractor: pixels in, vectors out ---------------------------------------------------------------------
 
 
-def _bf16_is_native() -> bool:
-    import torch
-
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 class FeatureExtractor:
-    """Runs a frozen backbone on batches of decoded images (uint8, NHWC), on CUDA when present."""
+    """Runs a frozen backbone on batches of decoded images (uint8, NHWC) on a runtime, in a precision.
 
-    def __init__(self, backbone: Backbone, *, device: str = "auto", precision: Precision = "auto") -> None:
-        import torch
+    `runtime`: auto (the fastest installed runtime, measured on this machine: `artistid.runtimes.choose_engine`),
+    torch, onnx (ONNX Runtime) or openvino. `precision`: auto (bf16 only where the hardware has it natively, else
+    fp32), fp32 or bf16. The runtime and precision are part of `identity()`, so vectors of one never stand in for
+    another's in the cache. Nothing is built before the first batch: a run whose every vector is cached builds no
+    network and need not import torch.
+    """
 
-        from artistid.forward import ArtistForward
-
-        if precision not in ("auto", "fp32", "bf16"):
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        device: str = "auto",
+        precision: Precision = "auto",
+        runtime: str = "auto",
+        cache_dir: Path | None = None,
+    ) -> None:
+        if precision not in PRECISIONS:
             raise UsageError(f"precision must be auto, fp32 or bf16; got {precision!r}")
         self.backbone = backbone
-        self.device = torch.device(
-            "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-        )
-        if precision == "auto":
-            # bf16 runs about twice as fast where the hardware has it (AVX512-BF16 / AMX, recent GPUs). On paintings3
-            # its vectors agree with fp32 to cosine >= 0.99 and give the same accuracy (tests/test_features.py).
-            native = self.device.type == "cuda" or _bf16_is_native()
-            precision = "bf16" if native else "fp32"
-        self.precision: Literal["fp32", "bf16"] = precision
         self.preprocess: Preprocess = backbone.preprocess
-        backbone.network.to(self.device).to(memory_format=torch.channels_last)
-        # The model's forward pass without its head: normalization and backbone.
-        self.module = ArtistForward(backbone).to(self.device)
+        self.cache_dir = cache_dir or default_cache_dir()
+        on_cuda = device == "cuda" or (device == "auto" and machine().cuda)
+        self._device = "cuda" if on_cuda else ("cpu" if device == "auto" else device)
+        # ONNX Runtime and OpenVINO run on the CPU here; another device means PyTorch.
+        self.runtime, self.precision = choose_engine(
+            "torch" if self._device != "cpu" else runtime, precision, backbone, cache_dir=self.cache_dir
+        )
+        self.threads: int | None = None  # the runtime's threads [default: its own choice]; set before the first batch
+        self._engine: Engine | None = None
+
+    @property
+    def device(self) -> torch.device:
+        import torch
+
+        return torch.device(self._device)
 
     def identity(self) -> str:
         """Everything a vector depends on besides the image's content: part of the cache key."""
-        return f"{self.backbone.identity()}/{self.preprocess.key()}/{self.precision}"
+        return f"{self.features_identity()}/{self.runtime}/{self.precision}"
+
+    def features_identity(self) -> str:
+        """What the vectors are, whichever runtime computes them: backbone, cut, pooling and preprocessing."""
+        return features_identity(self.backbone)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = create_engine(
+                self.runtime,
+                self.backbone,
+                self.precision,
+                device=self._device,
+                cache_dir=self.cache_dir,
+                threads=self.threads,
+            )
+        return self._engine
 
     def pixels(self, pixels: np.ndarray) -> torch.Tensor:
         """uint8 NHWC pixels as a tensor on the extractor's device."""
@@ -104,17 +137,15 @@ class FeatureExtractor:
         return torch.from_numpy(np.require(pixels, requirements=["C", "W"])).to(self.device)
 
     def to_input(self, pixels: np.ndarray) -> torch.Tensor:
-        """Normalized NCHW float batch from uint8 NHWC pixels."""
-        return self.module.normalize(self.pixels(pixels))
+        """Normalized NCHW float batch from uint8 NHWC pixels, for code that runs the PyTorch network itself."""
+        from artistid.forward import Normalize
+
+        return Normalize(self.preprocess).to(self.device)(self.pixels(pixels))
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        import torch
-
         if len(pixels) == 0:
             return np.zeros((0, 0), dtype=np.float32)
-        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
-            features = self.module.features(self.pixels(pixels))
-        return features.float().cpu().numpy()
+        return self.engine(pixels)
 
 
 def _absolute(path: str) -> str:
@@ -390,7 +421,10 @@ def featurize(
     unsaved: dict[str, np.ndarray] = {}
     try:
         jobs = [(i, paths[i]) for i in pending]
-        for batch in _decoded_batches(jobs, extractor.preprocess, workers, batch_size, storage_options):
+        # Nothing to decode (every vector cached): no DataLoader, so a warm run never imports torch.
+        for batch in (
+            [] if not jobs else _decoded_batches(jobs, extractor.preprocess, workers, batch_size, storage_options)
+        ):
             hashes = {d.index: (*d.stat, d.sha) for d in batch if d.stat is not None and d.sha}
             usable = [d for d in batch if d.pixels is not None]
             for d in batch:

@@ -243,7 +243,7 @@ def finetune(
     torch.manual_seed(settings.seed)
     backbone = create_backbone(settings.backbone, weights=settings.weights, input_size=settings.image_size)
     network = backbone.network
-    extractor = FeatureExtractor(backbone, precision=settings.precision)  # type: ignore[arg-type]
+    extractor = FeatureExtractor(backbone, precision=settings.precision, runtime="torch")  # type: ignore[arg-type]
     device, bf16 = extractor.device, extractor.precision == "bf16"
     learning = trainable_parameters(network, settings.unfreeze)
     with torch.no_grad():

@@ -31,10 +31,9 @@ from artistid.features import FeatureCache, FeatureExtractor, FeatureSet, featur
 from artistid.head import ArtistHead
 from artistid.images import Preprocess, load_image
 from artistid.model_file import read_model_file, write_model_file
+from artistid.runtimes import backbone_state
 
 if TYPE_CHECKING:
-    import torch
-
     from artistid.feature_store import FeatureStore
     from artistid.forward import ArtistForward
 
@@ -46,14 +45,12 @@ ImageInput = str | Path | bytes | Image.Image
 def library_versions() -> LibraryVersions:
     from importlib.metadata import version
 
-    import timm
-    import torch
-
+    # From the installed packages' metadata: saving a model must not import torch for its version string.
     return LibraryVersions(
         artistid=version("artistid"),
         python=platform.python_version(),
-        torch=torch.__version__,
-        timm=timm.__version__,
+        torch=version("torch"),
+        timm=version("timm"),
     )
 
 
@@ -66,6 +63,8 @@ class Model:
         head: ArtistHead,
         *,
         precision: str = "auto",
+        runtime: str = "auto",
+        extractor: FeatureExtractor | None = None,
         calibration: CalibrationCard | None = None,
         training: TrainingCard | None = None,
         metrics: Metrics | None = None,
@@ -73,7 +72,8 @@ class Model:
     ) -> None:
         self.backbone = backbone
         self.head = head
-        self.extractor = FeatureExtractor(backbone, precision=precision)  # type: ignore[arg-type]
+        # The runtime and precision of this process: chosen for this machine, whatever the model was trained with.
+        self.extractor = extractor or FeatureExtractor(backbone, precision=precision, runtime=runtime)  # type: ignore[arg-type]
         self.card = ModelCard(
             classes=tuple(str(c) for c in head.classes_),
             backbone=backbone.card,
@@ -158,12 +158,12 @@ class Model:
         return module.to(self.extractor.device).eval()
 
     # --- the model file ------------------------------------------------------------------------------------------
-    def tensors(self) -> dict[str, torch.Tensor]:
-        import torch
-
-        state = {f"backbone.{k}": v for k, v in self.backbone.network.state_dict().items()}
-        state["head.weight"] = torch.from_numpy(np.asarray(self.head.coef_, dtype=np.float32))
-        state["head.bias"] = torch.from_numpy(np.asarray(self.head.intercept_, dtype=np.float32))
+    def tensors(self) -> dict[str, np.ndarray]:
+        """What the model file stores: the backbone's weights (kept in the cache folder, so a run that never built
+        the network need not build it to save) and the head's."""
+        state = {f"backbone.{k}": v for k, v in backbone_state(self.backbone, self.extractor.cache_dir).items()}
+        state["head.weight"] = np.asarray(self.head.coef_, dtype=np.float32)
+        state["head.bias"] = np.asarray(self.head.intercept_, dtype=np.float32)
         return state
 
     def save(self, uri: str | Path, storage_options: dict[str, Any] | None = None) -> None:
@@ -171,7 +171,19 @@ class Model:
         write_model_file(uri, self.tensors(), replace(self.card, versions=library_versions()), storage_options)
 
     @classmethod
-    def load(cls, uri: str | Path, storage_options: dict[str, Any] | None = None) -> Model:
+    def load(
+        cls,
+        uri: str | Path,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        runtime: str = "auto",
+        precision: str = "auto",
+    ) -> Model:
+        """Reads a model file; its backbone runs on `runtime` in `precision`, by default the fastest for this machine.
+
+        The card records the precision the model was trained with, but bf16 is used only where the hardware has it
+        natively (and measured faster): a model trained in bf16 runs in fp32 elsewhere.
+        """
         tensors, card = read_model_file(uri, storage_options)
         try:
             state = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
@@ -188,7 +200,8 @@ class Model:
         return cls(
             backbone,
             head,
-            precision=card.precision,
+            precision=precision,
+            runtime=runtime,
             calibration=card.calibration,
             training=card.training,
             metrics=card.metrics,

@@ -1,14 +1,15 @@
 """`artistid serve MODEL`: a web service and a page that name the artist of a painting.
 
     POST /v1/predict   multipart `files` (one or more images) -> artist, probability and top-k per image
-    POST /v1/explain   one image (multipart `file`) -> PNG: where the model looked (Grad-CAM; torch runtime)
+    POST /v1/explain   one image (multipart `file`) -> PNG: where the model looked (Grad-CAM; model files, not .onnx)
     GET  /v1/model     the model card: classes, backbone, preprocessing, calibration, training, metrics
     GET  /healthz      liveness, and how requests were batched (open without an API key, for probes)
     GET  /metrics      Prometheus metrics (`artistid.service_guard`)
     GET  /             the page: drop a painting, see the artist and the probabilities
     GET  /docs         OpenAPI
 
-A model file (.safetensors) runs on PyTorch; an .onnx file from `artistid export` runs on ONNX Runtime, and that
+A model file (.safetensors) runs its backbone on the runtime asked for (auto: the fastest measured on this machine;
+`artistid.runtimes`) and explains with PyTorch; an .onnx file from `artistid export` runs on ONNX Runtime, and that
 path never imports torch. Requests are decoded in the thread pool and then micro-batched for the model
 (`artistid.batching`). Bad input is a 4xx naming the file and the reason: 413 over the upload limit, 415 for a file
 that is not an image, 422 for one that cannot be decoded (truncated, decompression bomb, empty, or one that crashes
@@ -57,6 +58,7 @@ from artistid.errors import ArtistIdError, ImageError, ModelFileError, NotAnImag
 from artistid.features import decode_workers
 from artistid.images import Preprocess
 from artistid.onnx_model import OnnxModel
+from artistid.runtimes import RUNTIMES
 from artistid.service_guard import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_REQUEST_SECONDS,
@@ -81,7 +83,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Runtime = Literal["torch", "onnx"]
+Runtime = Literal["torch", "onnx", "openvino"]
 DEFAULT_MAX_UPLOAD_MB = 20.0
 MAX_FILES = 64
 # On a 2-core CPU an image costs more in a batch of 8 or 16 than of 2-4 (ONNX Runtime, EfficientNet-Lite0):
@@ -144,12 +146,17 @@ class ServedModel:
     explain: Callable[[bytes, str, str | None], Explanation] | None = None
 
 
-def runtime_for(path: str | Path, runtime: str | None = None) -> Runtime:
+def _is_onnx_file(path: str | Path) -> bool:
+    return str(path).lower().endswith(".onnx")
+
+
+def runtime_for(path: str | Path, runtime: str | None = None) -> str:
+    """The runtime asked for: onnx for an exported .onnx file; for a model file auto (the default) or one named."""
     if runtime is None:
-        return "onnx" if str(path).lower().endswith(".onnx") else "torch"
-    if runtime not in ("torch", "onnx"):
-        raise UsageError(f"runtime must be torch or onnx; got {runtime!r}")
-    return runtime  # type: ignore[return-value]
+        return "onnx" if _is_onnx_file(path) else "auto"
+    if runtime not in ("auto", *RUNTIMES):
+        raise UsageError(f"runtime must be auto, torch, onnx or openvino; got {runtime!r}")
+    return runtime
 
 
 def _load_onnx(path: Path) -> ServedModel:
@@ -164,20 +171,21 @@ def _load_onnx(path: Path) -> ServedModel:
     return ServedModel(model.predict_pixels, model.card, ModelInfo.of(identity, model.card))
 
 
-def _load_torch(path: Path) -> ServedModel:
-    import torch
-
+def _load_model_file(path: Path, runtime: str) -> ServedModel:
     from artistid.model import Model
 
-    # One intra-op thread: waking a second OpenMP thread from the batcher thread on every call cost more than it
-    # gave at these batch sizes (p50 15 vs 23 ms per request on two cores), and the other core decodes uploads.
-    torch.set_num_threads(1)
-    model = Model.load(path)
+    model = Model.load(path, runtime=runtime)
+    if model.extractor.runtime == "torch":
+        import torch
+
+        # One intra-op thread: waking a second OpenMP thread from the batcher thread on every call cost more than
+        # it gave at these batch sizes (p50 15 vs 23 ms per request on two cores), and the other core decodes.
+        torch.set_num_threads(1)
     identity = ModelIdentity(
         name=path.name,
         sha256=file_sha256(path),
         backbone=model.card.backbone.name,
-        runtime="torch",
+        runtime=model.extractor.runtime,  # type: ignore[arg-type]
         precision=model.extractor.precision,
     )
 
@@ -200,23 +208,24 @@ def _load_torch(path: Path) -> ServedModel:
 def check_model_file(path: str | Path, runtime: str | None = None) -> None:
     """Fails in one line on a file the chosen runtime cannot serve, before a server starts (quicker than loading)."""
     path = Path(path)
-    if runtime_for(path, runtime) == "onnx":
+    chosen = runtime_for(path, runtime)
+    if _is_onnx_file(path):
+        if chosen != "onnx":
+            raise ModelFileError(f"{path}: an ONNX file runs on the onnx runtime, not {chosen}")
         OnnxModel.load(path)
         return
-    if path.suffix.lower() == ".onnx":
-        raise ModelFileError(f"{path}: an ONNX file runs on the onnx runtime, not torch")
     from artistid.model_file import read_card
 
     read_card(path)
 
 
 def load_served_model(path: str | Path, runtime: str | None = None) -> ServedModel:
-    """A model file on PyTorch, or an exported .onnx file on ONNX Runtime (torch is then never imported)."""
+    """A model file with its backbone on `runtime`, or an exported .onnx file on ONNX Runtime (without torch)."""
     path = Path(path)
-    if runtime_for(path, runtime) == "onnx":
+    check_model_file(path, runtime)
+    if _is_onnx_file(path):
         return _load_onnx(path)
-    check_model_file(path, "torch")
-    return _load_torch(path)
+    return _load_model_file(path, runtime_for(path, runtime))
 
 
 # --- responses -------------------------------------------------------------------------------------------------
@@ -439,7 +448,7 @@ def create_app(
                 "`X-Probability` gives its probability.",
             },
             400: {"model": ErrorDetail, "description": "An artist the model does not know."},
-            501: {"model": ErrorDetail, "description": "The ONNX runtime cannot explain."},
+            501: {"model": ErrorDetail, "description": "An .onnx export cannot explain."},
             **{status: bad_input[status] for status in (413, 415, 422)},
         },
         dependencies=admitted,
@@ -454,7 +463,7 @@ def create_app(
         """Where the model looked: a Grad-CAM heat map over the painting, as PNG."""
         model: ServedModel = request.app.state.model
         if model.explain is None:
-            raise HTTPException(501, "explanations need gradients: serve the model file on the torch runtime")
+            raise HTTPException(501, "explanations need gradients: serve the model file, not its .onnx export")
         name = file.filename or "file"
         data = await file.read()
         await _decode_all(request.app.state.decoder, [(name, data)])  # a file that crashes a decoder stops here

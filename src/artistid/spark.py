@@ -143,6 +143,9 @@ class _Job:
     error_col: str = "error"
     batch_size: int = 16
     storage_options: dict[str, Any] | None = None
+    # The driver's runtime and precision: executors compute the vectors the driver's identity names.
+    runtime: str = "torch"
+    precision: str = "fp32"
 
 
 @functools.cache
@@ -171,14 +174,14 @@ def _extractor_file(extractor: FeatureExtractor) -> Path:
     return _stage(save(state, metadata={"artistid.extractor": json.dumps(to_dict(card))}), "backbone")
 
 
-def _load_extractor(path: str) -> FeatureExtractor:
+def _load_extractor(path: str, runtime: str) -> FeatureExtractor:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     with safe_open(path, framework="pt") as handle:
         card = from_dict(ExtractorCard, json.loads(handle.metadata()["artistid.extractor"]))
     backbone = rebuild_backbone(card.backbone, card.preprocess, load_file(path))
-    return FeatureExtractor(backbone, precision=card.precision)  # type: ignore[arg-type]
+    return FeatureExtractor(backbone, precision=card.precision, runtime=runtime)  # type: ignore[arg-type]
 
 
 # Per executor Python process (Spark reuses them across tasks): the backbone or model of each shipped file.
@@ -194,8 +197,12 @@ def _loaded(job: _Job) -> FeatureExtractor | Model:
         context = TaskContext.get()
         torch.set_num_threads(max(1, context.cpus() if context is not None else 1))
         path = SparkFiles.get(job.file_name)
-        found = Model.load(path) if job.kind == "predictions" else _load_extractor(path)
+        if job.kind == "predictions":
+            found = Model.load(path, runtime=job.runtime, precision=job.precision)
+        else:
+            found = _load_extractor(path, job.runtime)
         extractor = found.extractor if isinstance(found, Model) else found
+        extractor.threads = max(1, context.cpus() if context is not None else 1)
         if extractor.identity() != job.identity:
             raise ArtistIdError(
                 f"{job.file_name}: the executor rebuilt {extractor.identity()!r} but the driver has {job.identity!r}; "
@@ -542,7 +549,16 @@ def _features_job(
     spark: SparkSession, extractor: FeatureExtractor, storage_options: dict[str, Any] | None, batch_size: int
 ) -> _Job:
     file = _extractor_file(extractor)
-    return _ship(spark, file, "features", extractor.identity(), batch_size=batch_size, storage_options=storage_options)
+    return _ship(
+        spark,
+        file,
+        "features",
+        extractor.identity(),
+        batch_size=batch_size,
+        storage_options=storage_options,
+        runtime=extractor.runtime,
+        precision=extractor.precision,
+    )
 
 
 def featurize(
@@ -580,6 +596,7 @@ def _model_job(
     model = Model.load(model_uri, storage_options)  # checks the file and gives the artists' names
     staged = _stage(storage.read_bytes(model_uri, storage_options), "model")
     options.setdefault("output_col", "artist")
+    options.update(runtime=model.extractor.runtime, precision=model.extractor.precision)
     job = _ship(spark, staged, "predictions", model.extractor.identity(), storage_options=storage_options, **options)
     return model, job
 
@@ -700,6 +717,8 @@ class ArtistFeaturizer(Transformer, _ImageParams):
             error_col=self.getOrDefault(self.errorCol),
             batch_size=self.getOrDefault(self.batchSize),
             storage_options=self._storage_options(),
+            runtime=self.extractor.runtime,
+            precision=self.extractor.precision,
         )
         return _score(dataset, job)
 
