@@ -11,6 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("ARTISTID_DATASETS", ROOT.parent / "shared" / "datasets"))
 DEMO = ROOT / "src" / "artistid" / "demo_data"
 
+# One runtime for the whole suite: "auto" times the runtimes on this machine, and a choice that differed between two
+# processes of one test would compute other vectors. tests/test_runtimes.py tests the choice itself.
+os.environ.setdefault("ARTISTID_RUNTIME", "onnx")
+os.environ.setdefault("ARTISTID_PRECISION", "fp32")
+
 
 def _dataset(name: str) -> Path:
     path = DATASETS / name

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -73,8 +73,9 @@ def default_cache_dir() -> Path:
 class FeatureExtractor:
     """Runs a frozen backbone on batches of decoded images (uint8, NHWC) on a runtime, in a precision.
 
-    `runtime`: auto (the fastest installed runtime, measured on this machine: `artistid.runtimes.choose_engine`),
-    torch, onnx (ONNX Runtime) or openvino. `precision`: auto (bf16 only where the hardware has it natively, else
+    `runtime`: auto (the fastest installed runtime, measured on this machine: `artistid.runtimes.choose_engine`;
+    the environment variables ARTISTID_RUNTIME and ARTISTID_PRECISION pin what auto means), torch, onnx (ONNX
+    Runtime) or openvino. `precision`: auto (bf16 only where the hardware has it natively, else
     fp32), fp32 or bf16. The runtime and precision are part of `identity()`, so vectors of one never stand in for
     another's in the cache. Nothing is built before the first batch: a run whose every vector is cached builds no
     network and need not import torch.
@@ -89,6 +90,11 @@ class FeatureExtractor:
         runtime: str = "auto",
         cache_dir: Path | None = None,
     ) -> None:
+        # A deployment (or a test suite) can pin what "auto" means, so that every run computes the same vectors.
+        if runtime == "auto":
+            runtime = os.environ.get("ARTISTID_RUNTIME") or "auto"
+        if precision == "auto":
+            precision = cast(Precision, os.environ.get("ARTISTID_PRECISION") or "auto")
         if precision not in PRECISIONS:
             raise UsageError(f"precision must be auto, fp32 or bf16; got {precision!r}")
         self.backbone = backbone

@@ -197,7 +197,7 @@ class Model:
             head = ArtistHead.from_layer(card.classes, weight, bias, **card.head.params)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{uri}: model file is inconsistent ({type(exc).__name__}: {exc})") from None
-        return cls(
+        model = cls(
             backbone,
             head,
             precision=precision,
@@ -207,6 +207,8 @@ class Model:
             metrics=card.metrics,
             versions=card.versions,
         )
+        model.card = replace(model.card, precision=card.precision)  # what it was trained with, not what runs here
+        return model
 
 
 def _as_list(images: Sequence[ImageInput] | ImageInput) -> list[ImageInput]:

@@ -146,7 +146,11 @@ def preset(name: str, **overrides: Any) -> TrainSettings:
     """The named recipe, with the settings given changed; a setting given as None keeps the preset's."""
     if name not in PRESETS:
         raise UsageError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
-    return replace(PRESETS[name], **{key: value for key, value in overrides.items() if value is not None})
+    settings = replace(PRESETS[name], **{key: value for key, value in overrides.items() if value is not None})
+    # A preset's feature nodes are named for its own backbone: another backbone is cut where its spec says.
+    if settings.backbone != PRESETS[name].backbone and overrides.get("feature_nodes") is None:
+        settings = replace(settings, feature_nodes=None)
+    return settings
 
 
 def reusable_model(output: str, fingerprint: str, storage_options: dict[str, Any] | None = None) -> Model | None:
