@@ -31,6 +31,7 @@ from artistid.features import FeatureCache, FeatureExtractor, FeatureSet, featur
 from artistid.head import ArtistHead
 from artistid.images import Preprocess, load_image
 from artistid.model_file import read_model_file, write_model_file
+from artistid.refusals import RefusalGates
 
 if TYPE_CHECKING:
     import torch
@@ -69,9 +70,11 @@ class Model:
         training: TrainingCard | None = None,
         metrics: Metrics | None = None,
         versions: LibraryVersions | None = None,
+        gates: RefusalGates | None = None,
     ) -> None:
         self.backbone = backbone
         self.head = head
+        self.gates = gates or RefusalGates()
         self.extractor = FeatureExtractor(backbone, precision=precision)  # type: ignore[arg-type]
         self.card = ModelCard(
             classes=tuple(str(c) for c in head.classes_),
@@ -83,6 +86,7 @@ class Model:
             training=training,
             metrics=metrics,
             versions=versions or library_versions(),
+            refusals=self.gates.describe(),
         )
 
     # --- what it knows -----------------------------------------------------------------------------------------
@@ -135,7 +139,14 @@ class Model:
 
     def answer(self, images: Sequence[ImageInput] | ImageInput, *, top_k: int = 1) -> list[Answer]:
         """What artistid says about each image: the artist or a refusal, the closest artist and the top-k."""
-        return self.card.decide(self.predict_proba(images), top_k=top_k)
+        return self.answers_for(self.features(_as_list(images)), top_k=top_k)
+
+    def answers_for(self, features: np.ndarray, *, top_k: int = 1) -> list[Answer]:
+        """What the model answers for feature vectors: the artist, or a refusal with its own score behind it."""
+        painting_scores, other_scores = self.gates.scores(features)
+        return self.card.decide(
+            self.probabilities(features), top_k=top_k, painting_scores=painting_scores, other_scores=other_scores
+        )
 
     def predict(self, images: Sequence[ImageInput] | ImageInput) -> np.ndarray:
         """The answer for each image: an artist's name, or "unknown" / "not_a_painting" (an object array)."""
@@ -156,6 +167,7 @@ class Model:
         state = {f"backbone.{k}": v for k, v in self.backbone.network.state_dict().items()}
         state["head.weight"] = torch.from_numpy(np.asarray(self.head.coef_, dtype=np.float32))
         state["head.bias"] = torch.from_numpy(np.asarray(self.head.intercept_, dtype=np.float32))
+        state.update({name: torch.from_numpy(tensor) for name, tensor in self.gates.tensors().items()})
         return state
 
     def save(self, uri: str | Path, storage_options: dict[str, Any] | None = None) -> None:
@@ -175,6 +187,8 @@ class Model:
                     f"{weight.shape} + {bias.shape}"
                 )
             head = ArtistHead.from_layer(card.classes, weight, bias, **card.head.params)
+            gated = {k: v.float().numpy() for k, v in tensors.items() if k.startswith("refusals.")}
+            gates = RefusalGates.from_parts(card.refusals, gated)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{uri}: model file is inconsistent ({type(exc).__name__}: {exc})") from None
         return cls(
@@ -185,6 +199,7 @@ class Model:
             training=card.training,
             metrics=card.metrics,
             versions=card.versions,
+            gates=gates,
         )
 
 
