@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from artistid.answers import NOT_A_PAINTING, UNKNOWN, Answer
+from artistid.answers import NOT_A_PAINTING, UNKNOWN, Answer, RefusalRules
 from artistid.backbones import Backbone, rebuild_backbone
 from artistid.calibration import softmax
 from artistid.card import CalibrationCard, HeadCard, LibraryVersions, Metrics, ModelCard, TrainingCard
@@ -141,10 +141,16 @@ class Model:
         """What artistid says about each image: the artist or a refusal, the closest artist and the top-k."""
         return self.answers_for(self.features(_as_list(images)), top_k=top_k)
 
-    def answers_for(self, features: np.ndarray, *, top_k: int = 1) -> list[Answer]:
-        """What the model answers for feature vectors: the artist, or a refusal with its own score behind it."""
+    def answers_for(self, features: np.ndarray, *, top_k: int = 1, rules: RefusalRules | None = None) -> list[Answer]:
+        """What the model answers for feature vectors: the artist, or a refusal with its own score behind it.
+
+        `rules` replaces the card's refusal rules (to move a threshold) for this call.
+        """
         painting_scores, other_scores = self.gates.scores(features)
-        return self.card.decide(
+        card = (
+            self.card if rules is None else replace(self.card, calibration=replace(self.card.calibration, rules=rules))
+        )
+        return card.decide(
             self.probabilities(features), top_k=top_k, painting_scores=painting_scores, other_scores=other_scores
         )
 
