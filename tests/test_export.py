@@ -56,7 +56,7 @@ def test_metadata_says_how_to_use_the_graph(demo_onnx_path: Path, demo_model, de
     # The "not a painting" gate travels as a second output (a model trained with --others adds "other_score").
     outputs = [o.name for o in graph.output]
     assert [i.name for i in graph.input] == ["pixels"] and outputs == ["probabilities", "painting_score"]
-    assert meta["refusals"]["not_a_painting"]["threshold"] == demo_model.rules.painting_threshold
+    assert card.refusals["not_a_painting"]["threshold"] == demo_model.card.rules.painting_threshold
 
 
 def test_export_refuses_a_graph_that_disagrees_with_pytorch(demo_model_path: Path, tmp_path: Path, monkeypatch) -> None:

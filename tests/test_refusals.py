@@ -108,10 +108,12 @@ def test_others_teach_it_who_it_does_not_know(demo_data: Path, cache_dir: Path) 
 
 def test_the_gates_survive_the_model_file(demo_model, demo_model_path: Path) -> None:
     from artistid.model import Model
-    from artistid.model_file import read_metadata
+    from artistid.model_file import read_card
 
-    section = read_metadata(demo_model_path)["refusals"]
-    assert section["not_a_painting"]["threshold"] == demo_model.rules.painting_threshold
+    card = read_card(demo_model_path)
+    section = card.refusals
+    assert card.rules.painting_threshold is not None
+    assert section["not_a_painting"]["threshold"] == card.rules.painting_threshold
     assert section["not_a_painting"]["n_photographed"] > 0
     again = Model.load(demo_model_path)
     photo = _photos(1)
@@ -156,13 +158,13 @@ def test_the_onnx_export_carries_the_gate(demo_onnx_path: Path, demo_model) -> N
 
     exported = OnnxModel.load(demo_onnx_path)
     assert PAINTING_SCORE_NAME in exported.outputs
-    assert exported.rules == demo_model.rules
+    assert exported.card.rules == demo_model.card.rules
     photos = _photos(4)
     pixels = np.stack([load_image(p, exported.preprocess) for p in photos])
     _, painting_scores, _ = split_scores(exported.scores_pixels(pixels))
     expected, _ = demo_model.gates.scores(demo_model.features(photos))
     # As close as the probabilities of the two runtimes are (tests/test_serve.py).
     np.testing.assert_allclose(painting_scores, expected, atol=5e-3)
-    assert [s < exported.rules.painting_threshold for s in painting_scores] == [
+    assert [s < exported.card.rules.painting_threshold for s in painting_scores] == [
         a.refusal == NOT_A_PAINTING for a in demo_model.answer(photos)
     ]

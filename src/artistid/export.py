@@ -85,6 +85,10 @@ def pipeline_module(model: Model) -> nn.Module:
             self.model = model.torch_module()
             # The refusal gates travel inside the graph as extra outputs (artistid.refusals scores the same way).
             painting, other = model.gates.painting, model.gates.other
+            self.reference: torch.Tensor
+            self.other_weight: torch.Tensor
+            self.other_bias: torch.Tensor
+            self.other_mask: torch.Tensor
             self.neighbours = 0 if painting is None else max(1, min(painting.neighbours, len(painting.reference)))
             if painting is not None:
                 self.register_buffer("reference", torch.as_tensor(painting.reference, dtype=torch.float32))
