@@ -67,7 +67,7 @@ def measure(model: Model, sets: dict[str, Any], cache: FeatureCache) -> dict[str
     classes = [str(c) for c in model.classes_]
     targets = np.array([classes.index(str(y)) for y in known.labels])
     found["known artists (paintings3/Test)"]["ece"] = expected_calibration_error(
-        model.head.predict_proba(known.features), targets
+        model.probabilities(known.features), targets
     )
     loose = model.features_for(sets["loose"], cache=cache, progress=False)
     found["other artists (paintings3/Test loose)"] = _row(model.answers_for(loose.features))
@@ -108,7 +108,7 @@ def main() -> None:
     for name, extra in (("default model", []), ("--others paintings10/Train", others)):
         started = time.perf_counter()
         model = train(paintings3.train, others=extra, cache=cache, progress=False).model
-        results[name] = {"rules": vars(model.rules), "figures": measure(model, sets, cache)}
+        results[name] = {"rules": vars(model.card.rules), "figures": measure(model, sets, cache)}
         results[name]["seconds"] = time.perf_counter() - started
     print("| model | images | n | refused | not a painting | unknown | accuracy | ECE |")
     print("|---|---|---|---|---|---|---|---|")
