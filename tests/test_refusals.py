@@ -134,7 +134,7 @@ def test_predict_and_evaluate_say_each_refusal(demo_model_path: Path, demo_data:
     assert by_path[str(photo)]["closest"] in ("Claude_Monet", "Rembrandt", "Vincent_van_Gogh")
     assert by_path[str(painting)]["artist"] == "Claude_Monet" and by_path[str(painting)]["refusal"] is None
     text = _cli("predict", str(demo_model_path), str(photo), "--no-cache")
-    assert "not a painting (closest:" in text.stdout
+    assert "not a painting (best guess:" in text.stdout
     # A test folder with known paintings and, loose, other artists' images (here: photos).
     test = tmp_path / "test"
     (test / "Claude_Monet").mkdir(parents=True)
