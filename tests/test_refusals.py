@@ -149,7 +149,7 @@ def test_predict_and_evaluate_say_each_refusal(demo_model_path: Path, demo_data:
     assert metrics["refusals"]["unknown"][NOT_A_PAINTING] == 3
     assert metrics["false_rejection_rate"] == 0.0
     report = _cli("evaluate", str(demo_model_path), str(test), "--no-cache").stdout
-    assert "of other artists' images refused (3 not a painting, 0 unknown)" in report
+    assert "refused as not a painting / unknown: known artists 0 / 0, other artists 3 / 0" in report
 
 
 def test_the_onnx_export_carries_the_gate(demo_onnx_path: Path, demo_model) -> None:
