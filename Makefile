@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: setup test-deps demo test lint bench bench-train bench-results bench-refusals bench-recipes bench-serve bench-storage bench-spark clean
+.PHONY: setup test-deps demo test lint bench bench-train bench-results bench-refusals bench-recipes bench-int8 bench-serve bench-storage bench-spark clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,9 @@ bench-refusals: setup
 
 bench-recipes: setup
 	$(BIN)/python bench/recipes.py
+
+bench-int8: setup
+	$(BIN)/python bench/int8.py
 
 bench-serve: setup
 	$(BIN)/python bench/serve.py

@@ -1,35 +1,36 @@
-"""Featurizing speed, in one run on this machine: model only, cold, warm (cached), and large JPEGs.
+"""Featurizing speed, in one run on this machine: every runtime side by side, cold, warm, the peer, large JPEGs.
 
-make bench            # or: .venv/bin/python bench/featurize.py [--data ../shared/datasets/paintings3/Train]
+- model only: images/s of each runtime and precision this machine offers (PyTorch, ONNX Runtime, OpenVINO; bf16
+  only where native), for the default recipe's backbone (224 px, style statistics) and for `--preset best`'s
+  (512 px, whole + 2 x 2 squares: five passes per painting).
+- cold featurize (empty cache) of paintings3/Train with PyTorch and with the runtime `auto` picks.
+- warm featurize as a whole process (`artistid featurize`, every vector cached), against the tutorial-style peer's
+  throughput (bench/peer.py, one epoch, whole process) measured in the same run.
+
+    make bench            # or: .venv/bin/python bench/featurize.py [--data ../shared/datasets/paintings3/Train]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+from peer import whole_process
 from PIL import Image
 
 from artistid.backbones import create_backbone
 from artistid.datasets import Sample, load_split
 from artistid.features import FeatureCache, FeatureExtractor, featurize
+from artistid.runtimes import candidates, create_engine, machine, probe
+from artistid.train import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def model_only(extractor: FeatureExtractor, batch: int = 16, seconds: float = 8.0) -> float:
-    pixels = np.random.default_rng(0).integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
-    extractor(pixels)  # warm-up
-    done, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        extractor(pixels)
-        done += batch
-    return done / (time.perf_counter() - started)
 
 
 def large_jpegs(folder: Path, size: tuple[int, int], count: int) -> list[Sample]:
@@ -44,39 +45,80 @@ def large_jpegs(folder: Path, size: tuple[int, int], count: int) -> list[Sample]
     return samples
 
 
+def model_only(preset: str, seconds: float) -> dict[str, float]:
+    settings = PRESETS[preset]
+    backbone = create_backbone(
+        settings.backbone,
+        feature_nodes=settings.feature_nodes,
+        pooling=settings.pooling,
+        input_size=settings.image_size,
+        tiles=settings.tiles,
+    )
+    speeds = {}
+    for runtime, precision in candidates("auto", "auto"):
+        engine = create_engine(runtime, backbone, precision)
+        speeds[f"{runtime}/{precision}"] = probe(engine, backbone.preprocess.side, seconds)
+        print(json.dumps({"model_only": preset, f"{runtime}/{precision}": round(speeds[f"{runtime}/{precision}"], 2)}))
+    return speeds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT.parent / "shared/datasets/paintings3/Train"))
-    parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--large", type=int, default=48, help="large JPEGs generated per size")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per model-only measurement")
+    parser.add_argument("--large", type=int, default=24, help="large JPEGs generated per size")
+    parser.add_argument("--limit", type=int, help="featurize only this many images of DATA (spread evenly)")
     args = parser.parse_args()
+    print(f"machine: {machine().describe()}", flush=True)
 
-    results: dict[str, float | str] = {"backbone": args.backbone, "threads": torch.get_num_threads()}
-    backbone = create_backbone(args.backbone)
-    for precision in ("fp32", "bf16"):
-        results[f"model_only_{precision}"] = model_only(FeatureExtractor(backbone, precision=precision))
-    extractor = FeatureExtractor(backbone)
-    results["precision"] = extractor.precision
+    results: dict[str, object] = {"machine": machine().describe()}
+    for preset in ("standard", "best"):
+        results[f"model_only_{preset}"] = model_only(preset, args.seconds)
 
+    settings = PRESETS["standard"]
     samples, _ = load_split(args.data)
+    if args.limit:
+        samples = samples[:: max(1, len(samples) // args.limit)][: args.limit]
     with tempfile.TemporaryDirectory() as scratch:
-        with FeatureCache(Path(scratch) / "cache") as cache:
-            cold = featurize(samples, extractor, cache=cache, progress=False)
-            results["cold_img_s"] = len(cold) / cold.seconds
-            warm = featurize(samples, extractor, cache=cache, progress=False)
-            results["warm_img_s"] = len(warm) / warm.seconds
+        work = Path(scratch)
+        for runtime in ("torch", "auto"):
+            backbone = create_backbone(
+                settings.backbone, feature_nodes=settings.feature_nodes, pooling=settings.pooling
+            )
+            extractor = FeatureExtractor(backbone, runtime=runtime)
+            with FeatureCache(work / f"cache-{runtime}") as cache:
+                cold = featurize(samples, extractor, cache=cache, progress=False)
+            name = f"cold_{extractor.runtime}_{extractor.precision}"
+            results[name] = len(cold) / cold.seconds
+            print(json.dumps({name: round(len(cold) / cold.seconds, 2), "images": len(cold)}), flush=True)
+        # Warm, whole process: the command a user types, every vector cached by the run above.
+        command = [sys.executable, "-m", "artistid.cli", "featurize", args.data, "-o", str(work / "f.parquet")]
+        started = time.perf_counter()
+        listed = work / "images.map"  # the same images, as a map file the command reads
+        listed.write_text("".join(f"{s.path}\t{s.label}\n" for s in samples))
+        command[4] = str(listed)
+        subprocess.run([*command, "--cache-dir", str(work / "cache-auto"), "-q"], check=True, capture_output=True)
+        results["warm_process_img_s"] = len(samples) / (time.perf_counter() - started)
+        print(json.dumps({"warm_process_img_s": round(float(results["warm_process_img_s"]), 1)}), flush=True)
         for size in ((2000, 1600), (4000, 3000)):
-            folder = Path(scratch) / f"{size[0]}x{size[1]}"
+            folder = work / f"{size[0]}x{size[1]}"
             folder.mkdir()
             large = large_jpegs(folder, size, args.large)
             result = featurize(large, extractor, cache=None, progress=False)
             results[f"large_{size[0]}x{size[1]}_img_s"] = len(result) / result.seconds
-    results["images"] = len(samples)
-    results["cold_vs_model_only"] = results["cold_img_s"] / results[f"model_only_{extractor.precision}"]
+    peer = whole_process(str(Path(args.data).parent), 1, args.limit)
+    results["peer_process_img_s"] = peer["process_images_per_s"]
+    results["warm_vs_peer"] = float(results["warm_process_img_s"]) / peer["process_images_per_s"]  # type: ignore[arg-type]
 
-    print(f"{'measure':<28} {'value':>10}")
+    print(f"\nmachine: {machine().describe()}\n")
+    print("| model only (images/s) | " + " | ".join(results["model_only_standard"]) + " |")  # type: ignore[arg-type]
+    print("|---|" + "---|" * len(results["model_only_standard"]))  # type: ignore[arg-type]
+    for preset in ("standard", "best"):
+        speeds = results[f"model_only_{preset}"]
+        print(f"| {preset} | " + " | ".join(f"{v:.1f}" for v in speeds.values()) + " |")  # type: ignore[union-attr]
     for key, value in results.items():
-        print(f"{key:<28} {value:>10.2f}" if isinstance(value, float) else f"{key:<28} {value!s:>10}")
+        if not key.startswith("model_only") and key != "machine":
+            print(f"{key:<28} {value:>10.2f}")  # type: ignore[str-format]
     print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in results.items()}))
 
 

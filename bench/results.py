@@ -21,6 +21,7 @@ from artistid.calibration import expected_calibration_error, softmax
 from artistid.datasets import load_dataset
 from artistid.evaluate import evaluate
 from artistid.features import FeatureCache
+from artistid.runtimes import machine
 from artistid.train import preset, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +91,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, help="Feature cache [default: a new, empty one: cold timings].")
     parser.add_argument("--json", type=Path, help="Also write the rows as JSON here.")
     args = parser.parse_args()
+    print(f"machine: {machine().describe()}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="artistid-results-") as scratch:
         for dataset in args.names.split(","):

@@ -1,5 +1,9 @@
 """Serving latency and throughput on loopback: N clients x M requests against `artistid serve`, per runtime.
 
+The same model file is served with its backbone on PyTorch, ONNX Runtime and OpenVINO (`--runtime`), and as its
+`artistid export` .onnx file; beside each, the in-process model's own throughput (the same runtime, batches of 4,
+no HTTP) measured in the same run.
+
 make bench-serve      # or: .venv/bin/python bench/serve.py [--model M.safetensors] [--clients 1,8] [--requests 200]
 
 Each request uploads one 224x224 JPEG painting (from the shipped demo set) to POST /v1/predict. Every scenario is
@@ -24,6 +28,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from artistid.runtimes import machine
+
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".cache" / "bench-serve"
 DEMO = ROOT / "src" / "artistid" / "demo_data"
@@ -33,7 +39,7 @@ def artistid(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "artistid.cli", *args], check=True)
 
 
-def prepare_models(model: str | None) -> dict[str, Path]:
+def prepare_models(model: str | None) -> tuple[Path, Path]:
     WORK.mkdir(parents=True, exist_ok=True)
     source = Path(model) if model else WORK / "demo.safetensors"
     if model is None:
@@ -41,7 +47,34 @@ def prepare_models(model: str | None) -> dict[str, Path]:
     onnx = WORK / (source.stem + ".onnx")
     if not onnx.exists() or onnx.stat().st_mtime < source.stat().st_mtime:
         artistid("export", str(source), "--onnx", str(onnx))
-    return {"torch": source, "onnx": onnx}
+    return source, onnx
+
+
+def in_process(source: Path, onnx: Path, runtime: str, images: list[tuple[str, bytes]], seconds: float = 5.0) -> float:
+    """Images/s of the model itself, batches of 4 decoded paintings, no HTTP: what the service can at best reach."""
+    from artistid.images import load_image
+
+    if runtime == "onnx-export":
+        from artistid.onnx_model import OnnxModel
+
+        exported = OnnxModel.load(onnx)
+        pixels = np.stack([load_image(data, exported.preprocess) for _, data in images[:4]])
+        predict = exported.predict_pixels
+    else:
+        from artistid.model import Model
+
+        model = Model.load(source, runtime=runtime)
+        pixels = np.stack([load_image(data, model.preprocess) for _, data in images[:4]])
+
+        def predict(batch: np.ndarray) -> np.ndarray:
+            return model.head.predict_proba(model.extractor(batch))
+
+    predict(pixels)
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        predict(pixels)
+        done += len(pixels)
+    return done / (time.perf_counter() - started)
 
 
 def paintings(limit: int = 64) -> list[tuple[str, bytes]]:
@@ -56,6 +89,9 @@ def paintings(limit: int = 64) -> list[tuple[str, bytes]]:
     return found
 
 
+START_SECONDS = 600  # a loaded machine can take minutes to import and load a model
+
+
 class Server:
     def __init__(self, model: Path, *options: str) -> None:
         with socket.socket() as probe:
@@ -64,7 +100,7 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "artistid.cli", "serve", str(model), "--port", str(port)]
         self.process = subprocess.Popen([*command, *options, "--log-level", "warning"], env={**os.environ})
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise SystemExit(f"server exited with {self.process.returncode}")
@@ -73,7 +109,8 @@ class Server:
                     return
             except httpx.TransportError:
                 time.sleep(0.2)
-        raise SystemExit("server did not start within 120 s")
+        self.process.kill()
+        raise SystemExit(f"server did not start within {START_SECONDS} s")
 
     def health(self) -> dict:
         return httpx.get(f"{self.url}/healthz").json()
@@ -154,7 +191,7 @@ def load(server: Server, images: list[tuple[str, bytes]], clients: int, requests
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model file [default: train one on the demo set]")
-    parser.add_argument("--runtimes", default="torch,onnx")
+    parser.add_argument("--runtimes", default="torch,onnx,openvino,onnx-export")
     parser.add_argument("--clients", default="1,8", help="comma-separated client counts, one scenario each")
     parser.add_argument("--requests", type=int, default=200, help="requests per scenario (split over clients)")
     parser.add_argument("--max-seconds", type=float, default=60.0, help="time bound per scenario")
@@ -162,25 +199,38 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
-    models = prepare_models(args.model)
+    print(f"machine: {machine().describe()}", flush=True)
+    source, onnx = prepare_models(args.model)
     images = paintings()
     results = []
     for runtime in args.runtimes.split(","):
-        server = Server(models[runtime], *args.server_options.split())
+        if runtime == "onnx-export":
+            server = Server(onnx, *args.server_options.split())
+        else:
+            server = Server(source, "--runtime", runtime, *args.server_options.split())
         try:
             load(server, images, clients=2, requests=10, max_seconds=30)  # warm-up: first calls allocate
+            label = f"{runtime} ({server_precision(server)})"
             for clients in (int(c) for c in args.clients.split(",")):
                 row = load(server, images, clients, max(1, args.requests // clients), args.max_seconds)
-                row["runtime"] = runtime + (f" ({server_precision(server)})" if runtime == "torch" else " (fp32)")
+                row["runtime"] = label
                 results.append(row)
                 print(json.dumps(row), flush=True)
         finally:
             server.stop()
+        # The model alone, while no server runs: the figure the service is compared with.
+        results.append(
+            {"runtime": label, "clients": "in-process", "images_per_s": in_process(source, onnx, runtime, images)}
+        )
+        print(json.dumps(results[-1]), flush=True)
 
-    print(f"\n{os.cpu_count()} CPUs, {len(images)} distinct 224x224 JPEG paintings, one image per request\n")
+    print(f"\nmachine: {machine().describe()}; {len(images)} distinct 224x224 JPEG paintings, one per request\n")
     print("| runtime | clients | requests | errors | p50 (ms) | p99 (ms) | images/s | mean batch |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
+        if r["clients"] == "in-process":
+            print(f"| {r['runtime']} | model in-process, batch 4 | - | - | - | - | {r['images_per_s']:.1f} | 4 |")
+            continue
         batch = f"{r['mean_batch']:.1f}" if r["mean_batch"] else "-"
         print(
             f"| {r['runtime']} | {r['clients']} | {r['requests']} | {r['errors']} | {r['p50_ms']:.1f} | "

@@ -34,6 +34,7 @@ from artistid.datasets import Sample  # noqa: E402
 from artistid.fetch import fetch  # noqa: E402
 from artistid.images import decode_image  # noqa: E402
 from artistid.prepare import hash_images  # noqa: E402
+from artistid.runtimes import machine  # noqa: E402
 
 PAINTINGS3 = ROOT.parent / "shared" / "datasets" / "paintings3"
 
@@ -131,6 +132,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=300, help="images to upload and fetch")
     parser.add_argument("--repeat", type=int, default=2, help="runs per setting; the best is reported")
     args = parser.parse_args()
+    print(f"machine: {machine().describe()}", flush=True)
     logging.basicConfig(level=logging.ERROR)
     print(f"# bench/storage.py on {os.cpu_count()} cores")
     print("| what | data | time | throughput |\n|---|---|---|---|")

@@ -61,4 +61,4 @@ def demo_model(demo_model_path: Path):
     return Model.load(demo_model_path)
 
 
-pytest_plugins = ["conftest_storage", "conftest_serve"]
+pytest_plugins = ["conftest_storage", "conftest_serve", "conftest_spark"]

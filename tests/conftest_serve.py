@@ -78,7 +78,9 @@ def demo_onnx_path(demo_model, demo_model_path: Path, tmp_path_factory: pytest.T
 @pytest.fixture(scope="session")
 def torch_server(demo_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The demo model on PyTorch, with a 2 MB upload limit so that oversize uploads stay cheap to send."""
-    server = Server(demo_model_path, "--max-upload-mb", "2", log=tmp_path_factory.mktemp("logs") / "torch.log")
+    server = Server(
+        demo_model_path, "--runtime", "torch", "--max-upload-mb", "2", log=tmp_path_factory.mktemp("logs") / "torch.log"
+    )
     yield server
     server.stop()
 

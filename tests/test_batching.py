@@ -78,3 +78,18 @@ def test_close_finishes_what_was_queued() -> None:
     model.release.set()
     batcher.close()
     assert all(f.done() and f.result().tolist() == [[2.0]] for f in futures)
+
+
+def test_a_request_that_gave_up_while_waiting_is_not_computed_and_batch_sizes_are_reported() -> None:
+    model = SlowModel()
+    sizes: list[int] = []
+    batcher = MicroBatcher(model, max_batch=32, on_batch=sizes.append)
+    first = batcher.submit(np.array([[1.0]]))
+    assert model.started.wait(10)  # the worker is now inside the first call
+    abandoned = batcher.submit(np.zeros((5, 1)))
+    kept = batcher.submit(np.array([[3.0]]))
+    assert abandoned.cancel()  # as the service does when a request runs out of time
+    model.release.set()
+    assert first.result(10).tolist() == [[2.0]] and kept.result(10).tolist() == [[6.0]]
+    assert model.calls == [1, 1] and sizes == [1, 1]
+    batcher.close()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.torch import save
+from safetensors.numpy import save
 
 from artistid.answers import UNKNOWN, RefusalRules
 from artistid.card import (
@@ -119,7 +119,7 @@ def _write_v1(model: Model, path: Path, *, finetuned: bool = False, calibrated: 
             "method": calibration.method,
             "validation_accuracy": calibration.validation_accuracy,
         }
-    tensors = {name: tensor.contiguous() for name, tensor in model.tensors().items()}
+    tensors = {name: np.ascontiguousarray(array) for name, array in model.tensors().items()}
     path.write_bytes(save(tensors, metadata={"format": "pt", "artistid": json.dumps(document)}))
 
 

@@ -64,13 +64,18 @@ def test_export_refuses_a_graph_that_disagrees_with_pytorch(demo_model_path: Pat
     from artistid.model import Model
 
     model = Model.load(demo_model_path)  # a copy: the traced graph gets other weights than the check expects
-    trace = export._trace_to_onnx
+    trace = export.trace_to_onnx
 
-    def trace_other_weights(traced: Model, example: np.ndarray, path: str) -> None:
-        traced.head.coef_ = traced.head.coef_ + np.random.default_rng(0).normal(0, 0.05, traced.head.coef_.shape)
-        trace(traced, example, path)
+    import torch
 
-    monkeypatch.setattr(export, "_trace_to_onnx", trace_other_weights)
+    def trace_other_weights(module, example: np.ndarray, path: str, *names: str) -> None:
+        weight = module.model.head.weight  # the pipeline's ArtistForward head
+        noise = np.random.default_rng(0).normal(0, 0.05, tuple(weight.shape)).astype(np.float32)
+        with torch.no_grad():
+            weight += torch.from_numpy(noise)
+        trace(module, example, path, *names)
+
+    monkeypatch.setattr(export, "trace_to_onnx", trace_other_weights)
     output = tmp_path / "wrong.onnx"
     with pytest.raises(
         ExportError,

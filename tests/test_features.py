@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import artistid.features as features_module
+from artistid import decoding
 from artistid.backbones import create_backbone
 from artistid.cli import app
 from artistid.datasets import Sample, load_dataset
@@ -42,7 +42,7 @@ def test_vectors_in_order_and_the_second_run_neither_decodes_nor_runs_the_model(
         def forbidden(*args: object, **kwargs: object) -> None:
             raise AssertionError("a warm run must not decode images or run the backbone")
 
-        monkeypatch.setattr(features_module, "load_image", forbidden)
+        monkeypatch.setattr(decoding, "load_image", forbidden)
         monkeypatch.setattr(FeatureExtractor, "__call__", forbidden)
         warm = featurize(samples, extractor, cache=cache, workers=0, progress=False)
     assert np.array_equal(cold.features, warm.features)

@@ -227,3 +227,32 @@ def test_a_failed_explanation_keeps_the_prediction_on_show(browser, torch_server
     assert button.inner_text() == "Where did it look?" and button.is_enabled()
     assert page.locator("#preview").get_attribute("data-view") == "painting"
     page.close()
+
+
+@pytest.fixture(scope="module")
+def keyed_server(demo_onnx_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("page-keyed")
+    (folder / "keys.txt").write_text("page-key-0123456789\n")
+    server = Server(demo_onnx_path, "--api-key-file", str(folder / "keys.txt"), log=folder / "server.log")
+    yield server
+    server.stop()
+
+
+def test_page_asks_for_the_key_when_the_service_needs_one(browser, keyed_server: Server, demo_data: Path) -> None:
+    painting = sorted((demo_data / "Test" / "Claude_Monet").iterdir())[0]
+    page = browser.new_page()
+    page.goto(keyed_server.url + "/")
+    form = page.locator("#key-form")
+    form.wait_for(state="visible", timeout=30_000)
+    page.fill("#key", "a-wrong-key")
+    page.click("#key-form button")
+    page.locator("#key-error").wait_for(state="visible", timeout=30_000)
+    assert page.locator("#key-error").inner_text() == "The service refused that key."
+    page.fill("#key", "page-key-0123456789")
+    page.click("#key-form button")
+    page.wait_for_function("document.getElementById('classes').textContent.includes('Monet')")
+    assert form.is_hidden()
+    page.set_input_files("#file", str(painting))
+    page.locator("#artist").wait_for(state="visible", timeout=30_000)
+    assert page.locator("#artist").get_attribute("data-artist")
+    page.close()

@@ -1,4 +1,4 @@
-"""Presets and the head's solvers: `--preset fast` is the reference recipe, `--preset best` the richer one."""
+"""Presets and the head's solvers: "standard" is the default, "reference" the reference recipe, "best" the richest."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from artistid.errors import ArtistIdError
 from artistid.head import ArtistHead
 from artistid.model import Model
 from artistid.model_file import read_card
-from artistid.train import PRESETS, TrainSettings, preset
+from artistid.train import PRESETS, STANDARD_FEATURE_NODES, TrainSettings, preset
 
 
 def _blobs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -33,15 +33,22 @@ def test_other_solvers_keep_the_estimator_contract(estimator, check) -> None:
     check(estimator)
 
 
-def test_fast_preset_is_the_defaults_and_unknown_presets_are_refused() -> None:
-    assert preset("fast") == TrainSettings()
-    head = TrainSettings().head()
-    assert (head.solver, head.standardize, head.epochs, head.lr, head.l2) == ("sgd", False, 7, "0.2x10,0.1", 0.0005)
+def test_standard_preset_is_the_defaults_reference_is_unchanged_and_unknown_presets_are_refused() -> None:
+    assert preset("standard") == TrainSettings()
+    standard = TrainSettings()
+    assert (standard.solver, standard.standardize, standard.pooling, standard.l2) == ("lbfgs", True, "meanstd", 0.01)
+    assert standard.feature_nodes == STANDARD_FEATURE_NODES and standard.image_size is None and standard.tiles == 1
+    # The reference design's recipe: pooled 224 px features, SGD for 7 epochs, minibatch 50, lr 0.2 x 10 then 0.1,
+    # momentum 0.9, L2 0.0005.
+    head = preset("reference").head()
+    assert (head.solver, head.standardize, head.epochs, head.batch_size) == ("sgd", False, 7, 50)
+    assert (head.lr, head.momentum, head.l2) == ("0.2x10,0.1", 0.9, 0.0005)
+    assert preset("reference").feature_nodes is None and preset("reference").pooling == "avg"
     best = preset("best", image_size=320)
     assert best.image_size == 320 and best.solver == PRESETS["best"].solver == "lbfgs"
     assert PRESETS["best"].image_size != 320  # a copy was changed, not the preset
-    with pytest.raises(ArtistIdError, match="unknown preset 'slow'"):
-        preset("slow")
+    with pytest.raises(ArtistIdError, match="unknown preset 'fast'"):
+        preset("fast")
 
 
 def test_lbfgs_head_matches_standardized_logistic_regression() -> None:

@@ -121,7 +121,7 @@ def test_train_accepts_spark_features_and_checks_their_identity(spark_features: 
     runner = CliRunner()
     model_path = tmp_path / "from-spark.safetensors"
     result = runner.invoke(
-        app, ["train", str(spark_features), "-o", str(model_path), "--precision", "fp32", "--json", "-q"]
+        app, ["train", str(spark_features), "-o", str(model_path), "--preset", "reference", "--json", "-q"]
     )
     assert result.exit_code == 0, result.output
     model = Model.load(model_path)
@@ -130,7 +130,8 @@ def test_train_accepts_spark_features_and_checks_their_identity(spark_features: 
     assert model.card.training.n_train == 3 * PER_ARTIST  # bad files skipped, the loose one unlabelled
 
     mismatch = runner.invoke(
-        app, ["train", str(spark_features), "-o", str(tmp_path / "x.safetensors"), "--precision", "bf16"]
+        app,
+        ["train", str(spark_features), "-o", str(tmp_path / "x.safetensors")],  # the standard preset's style nodes
     )
     assert mismatch.exit_code == 1
     assert "the features were computed with" in mismatch.output

@@ -331,15 +331,20 @@ def build_network(spec: BackboneSpec) -> nn.Module:
 def load_pretrained(network: nn.Module, spec: BackboneSpec, weights: str | Path | None = None) -> WeightsOrigin:
     """Loads the spec's ImageNet weights (or a given file) strictly; returns which weights they are."""
     path, origin = _resolve_weights_file(spec, weights)
+    _load_weights_file(network, spec, path, renamed=weights is None)
+    return replace(origin, sha256=origin.sha256 or file_fingerprint(path))
+
+
+def _load_weights_file(network: nn.Module, spec: BackboneSpec, path: Path, *, renamed: bool) -> None:
+    """Loads `path` into `network` strictly; `renamed`: the file uses the spec's own key names (lukemelas)."""
     state = _read_state_dict(path)
-    if spec.weights_format == "lukemelas" and weights is None:
+    if spec.weights_format == "lukemelas" and renamed:
         state = _rename_lukemelas(state, network)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first_line = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
         raise WeightsError(f"{path}: weights do not fit {spec.architecture}: {first_line}") from None
-    return replace(origin, sha256=origin.sha256 or file_fingerprint(path))
 
 
 # --- the feature extractor -------------------------------------------------------------------------------------
@@ -376,32 +381,67 @@ class Backbone:
     def __init__(
         self,
         spec: BackboneSpec,
-        network: nn.Module,
+        network: nn.Module | None,
         feature_nodes: tuple[str, ...] | None = None,
         pooling: Pooling = "avg",
         weights: WeightsOrigin | None = None,
+        *,
+        build: Callable[[], nn.Module] | None = None,
     ) -> None:
-        from timm.models import create_feature_extractor
-
         if pooling not in POOLINGS:
             raise UsageError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
+        if network is None and build is None:
+            raise ValueError("a Backbone needs its network, or a function that builds it")
         self.spec = spec
-        network = copy.deepcopy(network)
-        self.network = network.eval().requires_grad_(False)
         self.feature_nodes = tuple(feature_nodes or spec.feature_nodes)
         self.pooling = pooling
         self.weights = weights or WeightsOrigin()
-        # A transformer's leading class (and register) tokens, before its patch tokens.
+        # A transformer's leading class (and register) tokens, before its patch tokens; known once it is built.
+        self._prefix_tokens = 0
+        # Built on first use: a run whose every vector is cached needs the identity only, not the network.
+        self._build = build
+        self._network: nn.Module | None = None
+        self._extract: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
+        if network is not None:
+            self._cut(network)
+
+    def _cut(self, network: nn.Module) -> None:
+        from timm.models import create_feature_extractor
+
+        network = copy.deepcopy(network).eval().requires_grad_(False)
         self._prefix_tokens = int(getattr(network, "num_prefix_tokens", 0))
         if self.feature_nodes == ("pooled",):
-            self._extract: Callable[[torch.Tensor], list[torch.Tensor]] = lambda x: [self._pooled(x)]
-            self._pooled = _pooled_network(network)
+            pooled = _pooled_network(network)
+            self._extract = lambda x: [pooled(x)]
         else:
             try:
                 extractor = create_feature_extractor(network, return_nodes=list(self.feature_nodes))
             except ValueError as exc:
-                raise WeightsError(f"{exc}; list valid names with `artistid backbones --nodes {spec.name}`") from None
+                raise WeightsError(
+                    f"{exc}; list valid names with `artistid backbones --nodes {self.spec.name}`"
+                ) from None
             self._extract = lambda x: list(extractor(x).values())
+        self._network = network
+
+    @property
+    def built(self) -> bool:
+        """Whether the network has been built (a warm run never builds it)."""
+        return self._network is not None
+
+    @property
+    def network(self) -> nn.Module:
+        """The frozen network, built (and its weights loaded) the first time it is asked for."""
+        if self._network is None and self._build is not None:
+            self._cut(self._build())
+        if self._network is None:
+            raise WeightsError(f"backbone {self.spec.name!r} has no network")
+        return self._network
+
+    def _extractor(self) -> Callable[[torch.Tensor], list[torch.Tensor]]:
+        self.network  # noqa: B018 (builds the network and its cut on first use)
+        if self._extract is None:
+            raise WeightsError(f"backbone {self.spec.name!r} has no network")
+        return self._extract
 
     @property
     def preprocess(self) -> Preprocess:
@@ -455,7 +495,7 @@ class Backbone:
         import torch
 
         parts = []
-        for output in self._extract(batch):
+        for output in self._extractor()(batch):
             if output.ndim == 4:
                 flat = output.float().flatten(2)
                 parts.append(flat.mean(2))
@@ -519,9 +559,18 @@ def create_backbone(
         spec = replace(spec, input_size=input_size)
     if tiles != spec.tiles:
         spec = replace(spec, tiles=tiles)
-    network = build_network(spec)
-    origin = load_pretrained(network, spec, weights) if pretrained else None
-    return Backbone(spec, network, feature_nodes, pooling, origin)
+    if not pretrained:
+        return Backbone(spec, build_network(spec), feature_nodes, pooling)
+    path, origin = _resolve_weights_file(spec, weights)
+
+    def build() -> nn.Module:
+        network = build_network(spec)
+        _load_weights_file(network, spec, path, renamed=weights is None)
+        return network
+
+    # The weights file's fingerprint names the backbone without building it (or importing torch).
+    origin = replace(origin, sha256=origin.sha256 or file_fingerprint(path))
+    return Backbone(spec, None, feature_nodes, pooling, origin, build=build)
 
 
 def rebuild_backbone(card: BackboneCard, preprocess: Preprocess, state: dict[str, torch.Tensor]) -> Backbone:

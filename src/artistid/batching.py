@@ -34,11 +34,18 @@ class BatchStats:
 class MicroBatcher:
     """Calls `predict` (n images -> n rows) on batches gathered from concurrent `submit` calls."""
 
-    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], *, max_batch: int = 32) -> None:
+    def __init__(
+        self,
+        predict: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch: int = 32,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         if max_batch < 1:
             raise UsageError(f"max_batch must be at least 1; got {max_batch}")
         self.predict = predict
         self.max_batch = max_batch
+        self.on_batch = on_batch  # told the number of images of every model call
         self.stats = BatchStats()
         self._queue: queue.Queue[tuple[np.ndarray, Future[np.ndarray]] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run, name="artistid-batcher", daemon=True)
@@ -84,7 +91,13 @@ class MicroBatcher:
                 return
 
     def _run_batch(self, batch: list[tuple[np.ndarray, Future[np.ndarray]]]) -> None:
+        # A request that gave up (its time limit passed) while it waited is not computed.
+        batch = [(images, future) for images, future in batch if future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         sizes = [len(images) for images, _ in batch]
+        if self.on_batch is not None:
+            self.on_batch(sum(sizes))
         try:
             rows = self.predict(np.concatenate([images for images, _ in batch]))
         except Exception as exc:  # the callers get the error; the worker keeps serving

@@ -88,7 +88,8 @@ Workers = Annotated[
     int | None,
     typer.Option(
         "--workers",
-        help="Decoding processes (default: one per two cores, one per core for large scans).",
+        help="Decoding processes (default: one per two cores, one per core for large scans; 0: decode in this "
+        "process, where a crashing or hanging codec takes the run down).",
     ),
 ]
 StorageOption = Annotated[
@@ -106,7 +107,15 @@ FeatureNode = Annotated[
     typer.Option("--feature-node", help="Layer to cut at (repeatable; default: the pooled penultimate layer)."),
 ]
 Pooling = Annotated[str, typer.Option("--pooling", help="avg, or meanstd: channel means and stds (style).")]
-Precision = Annotated[str, typer.Option("--precision", help="auto, fp32 or bf16 (auto: bf16 where native).")]
+Precision = Annotated[
+    str, typer.Option("--precision", help="auto, fp32 or bf16 (auto: bf16 only where native, if faster here).")
+]
+Runtime = Annotated[
+    str,
+    typer.Option(
+        "--runtime", help="Where the backbone runs: auto (the fastest measured on this machine), torch, onnx, openvino."
+    ),
+]
 Tiles = Annotated[
     int,
     typer.Option(
@@ -124,6 +133,17 @@ Mlflow = Annotated[
 MlflowUri = Annotated[
     str | None,
     typer.Option("--mlflow-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)."),
+]
+Remote = Annotated[
+    str | None,
+    typer.Option("--remote", help="Spark Connect server, e.g. sc://host:15002 (instead of --master; --engine spark)."),
+]
+FeatureStoreUri = Annotated[
+    str | None,
+    typer.Option(
+        "--feature-store",
+        help="Folder or storage URI keeping vectors for every run and engine: only new images are computed.",
+    ),
 ]
 
 
@@ -147,11 +167,23 @@ def _cache(cache_dir: Path | None, no_cache: bool) -> Any:
         return None
 
 
-def _spark(engine: str) -> Any:
+def _store(uri: str | None, options: dict[str, Any] | None) -> Any:
+    if uri is None:
+        return None
+    from artistid.feature_store import FeatureStore
+
+    return FeatureStore(uri, options)
+
+
+def _spark(engine: str, master: str | None = None, remote: str | None = None) -> Any:
     """artistid.spark for --engine spark, None for local; a one-line error for anything else."""
     if engine not in ("local", "spark"):
         raise ArtistIdError(f"--engine must be local or spark; got {engine!r}")
+    if master and remote:
+        raise ArtistIdError("--master and --remote name two different clusters: give one")
     if engine == "local":
+        if master or remote:
+            raise ArtistIdError("--master and --remote are for --engine spark")
         return None
     try:
         from artistid import spark
@@ -244,6 +276,7 @@ def featurize(
     feature_node: FeatureNode = None,
     pooling: Pooling = "avg",
     precision: Precision = "auto",
+    runtime: Runtime = "auto",
     image_size: Annotated[
         int | None, typer.Option(help="Backbone input side in pixels (default: the backbone's own).")
     ] = None,
@@ -254,7 +287,9 @@ def featurize(
     storage_option: StorageOption = None,
     engine: Engine = "local",
     master: Master = None,
+    remote: Remote = None,
     partitions: Partitions = None,
+    feature_store: FeatureStoreUri = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -269,8 +304,9 @@ def featurize(
     from artistid.features import featurize as run_featurize
 
     _configure_logging(quiet)
-    spark = _spark(engine)
+    spark = _spark(engine, master, remote)
     options = _options(storage_option)
+    store = _store(feature_store, options)
     _check_output(output, "any")  # a Parquet file, or a folder from Spark
     dataset = load_dataset(data, options)
     network = create_backbone(
@@ -281,11 +317,17 @@ def featurize(
         input_size=image_size,
         tiles=tiles,
     )
-    extractor = FeatureExtractor(network, precision=precision)  # type: ignore[arg-type]
+    extractor = FeatureExtractor(network, precision=precision, runtime=runtime)  # type: ignore[arg-type]
     if spark is not None:
-        with spark.session(master) as session:
+        with spark.session(master, remote=remote) as session:
             run = spark.featurize(
-                dataset.samples, extractor, output, spark=session, storage_options=options, partitions=partitions
+                dataset.samples,
+                extractor,
+                output,
+                spark=session,
+                storage_options=options,
+                partitions=partitions,
+                store=store,
             )
         _echo_spark_run(run, "featurized", as_json)
         return
@@ -296,6 +338,7 @@ def featurize(
         workers=workers,
         storage_options=options,
         progress=not quiet and not as_json,
+        store=store,
     )
     features.to_parquet(output, options)
     if as_json:
@@ -330,10 +373,11 @@ def train(
     preset: Annotated[
         str,
         typer.Option(
-            help="Recipe: fast (the reference design's) or best (style statistics at 512 px, whole and 2 x 2 "
-            "tiles); the recipe options below change it."
+            help="Recipe: standard (the default: style statistics at 224 px, L-BFGS), reference (the reference "
+            "design's SGD recipe) or best (style statistics at 512 px, whole and 2 x 2 tiles); the recipe options "
+            "below change it."
         ),
-    ] = "fast",
+    ] = "standard",
     backbone: Annotated[
         str | None, typer.Option("--backbone", help="Backbone name (see `artistid backbones`).")
     ] = None,
@@ -343,16 +387,22 @@ def train(
         str | None, typer.Option("--pooling", help="avg, or meanstd: channel means and stds (style).")
     ] = None,
     precision: Annotated[
-        str | None, typer.Option("--precision", help="auto, fp32 or bf16 (auto: bf16 where native).")
+        str | None, typer.Option("--precision", help="auto, fp32 or bf16 (auto: bf16 only where native, if faster).")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Passes over the training set [fast: 7].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Minibatch size [fast: 50].")] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option("--runtime", help="Where the backbone runs: auto (fastest measured here), torch, onnx, openvino."),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training set [reference: 7].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Minibatch size [reference: 50].")] = None,
     lr: Annotated[
         str | None,
-        typer.Option(help="Learning rate per epoch: '0.2x10,0.1' = 0.2 for 10 epochs, then 0.1 [fast: 0.2x10,0.1]."),
+        typer.Option(
+            help="Learning rate per epoch: '0.2x10,0.1' = 0.2 for 10 epochs, then 0.1 [reference: 0.2x10,0.1]."
+        ),
     ] = None,
-    momentum: Annotated[float | None, typer.Option(help="SGD momentum [fast: 0.9].")] = None,
-    l2: Annotated[float | None, typer.Option(help="L2 weight decay [fast: 0.0005].")] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum [reference: 0.9].")] = None,
+    l2: Annotated[float | None, typer.Option(help="L2 weight [standard: 0.01, reference: 0.0005].")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed: the same seed gives the same model [123].")] = None,
     val_fraction: Annotated[float | None, typer.Option(help="Hold out this fraction of Train for validation.")] = None,
     patience: Annotated[int | None, typer.Option(help="Stop after N epochs without validation gain.")] = None,
@@ -397,6 +447,7 @@ def train(
     storage_option: StorageOption = None,
     mlflow: Mlflow = False,
     mlflow_uri: MlflowUri = None,
+    feature_store: FeatureStoreUri = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -417,6 +468,7 @@ def train(
         feature_nodes=tuple(feature_node) if feature_node else None,
         pooling=pooling,
         precision=precision,
+        runtime=runtime,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -440,6 +492,7 @@ def train(
     _check_output(output)
     say = (lambda _: None) if as_json else typer.echo
     cache = _cache(cache_dir, no_cache)
+    store = _store(feature_store, options)
     from_features = data.endswith(".parquet")
     if from_features and others:
         raise ArtistIdError("--others needs the images: train from the dataset folder, not a features Parquet")
@@ -468,6 +521,7 @@ def train(
                 workers=workers,
                 storage_options=options,
                 progress=progress,
+                store=store,
             )
         model = result.model
         for line in report.skipped_lines(result.skipped):
@@ -479,7 +533,13 @@ def train(
     if dataset.test:  # a reused model too: Test/ may have changed since it was trained
         progress = not quiet and not as_json
         evaluation = evaluate(
-            model, dataset.test, cache=cache, workers=workers, storage_options=options, progress=progress
+            model,
+            dataset.test,
+            cache=cache,
+            workers=workers,
+            storage_options=options,
+            progress=progress,
+            store=store,
         )
         model.card = replace(model.card, metrics=evaluation.card_metrics())
         say(format_report(evaluation))
@@ -509,6 +569,8 @@ def train(
             {
                 "output": output,
                 "reused": result is None,
+                "featurized": result.n_train + result.n_val - result.reused_features if result else 0,
+                "reused_features": result.reused_features if result else 0,
                 "metrics": metrics,
                 "history": to_dict(training_card.history) if training_card else [],
                 "skipped": [{"path": p, "reason": r} for p, r in (result.skipped if result else [])],
@@ -531,13 +593,16 @@ def evaluate_command(
         str | None,
         typer.Option("--report", help="Folder for predictions.csv, metrics.json, confusion.png and coverage.png."),
     ] = None,
+    runtime: Runtime = "auto",
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
     workers: Workers = None,
     storage_option: StorageOption = None,
     engine: Engine = "local",
     master: Master = None,
+    remote: Remote = None,
     partitions: Partitions = None,
+    feature_store: FeatureStoreUri = None,
     as_json: Json = False,
     quiet: Quiet = False,
 ) -> None:
@@ -547,16 +612,17 @@ def evaluate_command(
     from artistid.model import Model
 
     _configure_logging(quiet)
-    spark = _spark(engine)
+    spark = _spark(engine, master, remote)
     options = _options(storage_option)
-    model = Model.load(model_path, options)
+    store = _store(feature_store, options)
+    model = Model.load(model_path, options, runtime=runtime)
     if report:
         _check_output(report, "folder")
     samples = load_test_set(test, options)
     if spark is not None:
-        with spark.session(master) as session:
+        with spark.session(master, remote=remote) as session:
             evaluation = spark.evaluate(
-                model_path, samples, spark=session, storage_options=options, partitions=partitions
+                model_path, samples, spark=session, storage_options=options, partitions=partitions, store=store
             )
     else:
         evaluation = evaluate(
@@ -566,14 +632,22 @@ def evaluate_command(
             workers=workers,
             storage_options=options,
             progress=not quiet and not as_json,
+            store=store,
         )
-    files = write_report(evaluation, report) if report else {}
+    files: dict[str, str] = {}
+    failure = None
+    try:
+        files = write_report(evaluation, report) if report else {}
+    except OSError as exc:  # a full disk, say: the metrics are shown all the same, then the error
+        failure = exc
     if as_json:
         _print_json({**evaluation.metrics, "report": files})
-        return
-    typer.echo(format_report(evaluation))
-    for name, path in files.items():
-        typer.echo(f"{name}: {path}")
+    else:
+        typer.echo(format_report(evaluation))
+        for name, path in files.items():
+            typer.echo(f"{name}: {path}")
+    if failure is not None:
+        raise failure
 
 
 # --- predict ---------------------------------------------------------------------------------------------------
@@ -584,13 +658,16 @@ def predict(
     paths: Annotated[list[str], typer.Argument(metavar="PATH", help="Image files or folders (URIs work too).")],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many artists to list per image.")] = 1,
     strict: Annotated[bool, typer.Option(help="Exit with status 1 if any file could not be used.")] = False,
+    runtime: Runtime = "auto",
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
     workers: Workers = None,
     storage_option: StorageOption = None,
     engine: Engine = "local",
     master: Master = None,
+    remote: Remote = None,
     partitions: Partitions = None,
+    feature_store: FeatureStoreUri = None,
     output: Annotated[
         str | None, typer.Option("--output", "-o", help="Predictions Parquet folder to write (--engine spark).")
     ] = None,
@@ -603,15 +680,22 @@ def predict(
     from artistid.model import Model
 
     _configure_logging(True)
-    spark = _spark(engine)
+    spark = _spark(engine, master, remote)
     options = _options(storage_option)
+    store = _store(feature_store, options)
     if spark is not None:
         if output is None:
             raise ArtistIdError("--engine spark writes a Parquet folder: pass --output predictions.parquet")
-        with spark.session(master) as session:
+        with spark.session(master, remote=remote) as session:
             samples = list_images(paths, options)
             run = spark.predict(
-                model_path, samples, output, spark=session, storage_options=options, partitions=partitions
+                model_path,
+                samples,
+                output,
+                spark=session,
+                storage_options=options,
+                partitions=partitions,
+                store=store,
             )
         _echo_spark_run(run, "scored", as_json)
         if strict and run.errors:
@@ -619,7 +703,7 @@ def predict(
         return
     if output is not None:
         raise ArtistIdError("--output is for --engine spark; the local engine prints its predictions")
-    model = Model.load(model_path, options)
+    model = Model.load(model_path, options, runtime=runtime)
     samples = list_images(paths, options)
     if not samples:
         raise ArtistIdError(f"{' '.join(paths)}: no images found")
@@ -629,7 +713,10 @@ def predict(
         workers=workers,
         storage_options=options,
         progress=not quiet and not as_json and len(samples) > 50,
+        store=store,
     )
+    if store is not None:  # --json prints the predictions themselves: the counts go to stderr
+        typer.echo(f"{features.featurized} featurized, {features.reused} reused (feature store)", err=True)
     answers = model.answers_for(features.features, top_k=top_k)
     records = report.predict_records(samples, features.paths, answers, features.errors)
     if as_json:
@@ -861,7 +948,10 @@ def serve(
     ] = 20.0,
     runtime: Annotated[
         str | None,
-        typer.Option("--runtime", help="torch or onnx (default: onnx for an .onnx file, else torch)."),
+        typer.Option(
+            "--runtime",
+            help="auto, torch, onnx or openvino: where a model file's backbone runs (an .onnx file: onnx).",
+        ),
     ] = None,
     max_batch: Annotated[
         int, typer.Option("--max-batch", min=1, help="Most images per model call (micro-batching).")
@@ -869,37 +959,48 @@ def serve(
     log_level: Annotated[
         LogLevel, typer.Option("--log-level", case_sensitive=False, help="uvicorn's log level.")
     ] = LogLevel.info,
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option("--api-key-file", help="File of API keys, one per line (also: $ARTISTID_API_KEY)."),
+    ] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Serve without API keys on a non-loopback address.")
+    ] = False,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", min=1, help="Requests decoded or waiting for the model at once (503 above).")
+    ] = 32,
+    request_timeout: Annotated[
+        float, typer.Option("--request-timeout", min=0.1, help="Seconds a request may take, upload included.")
+    ] = 60.0,
 ) -> None:
     """Serve MODEL over HTTP: POST /v1/predict, GET /v1/model, a page at / and OpenAPI docs at /docs.
 
-    An .onnx file runs on ONNX Runtime without PyTorch; `--runtime onnx` with a model file exports it first.
+    An .onnx file runs on ONNX Runtime without PyTorch. A model file's backbone runs on --runtime (auto: the
+    fastest measured on this machine) and its head in NumPy.
+    With API keys every /v1 endpoint and /metrics need `Authorization: Bearer <key>`.
     """
-    import tempfile
-
     from artistid.serve import check_model_file, runtime_for
     from artistid.serve import serve as run_server
+    from artistid.service_guard import check_exposure, load_api_keys
 
     logging.basicConfig(level=getattr(logging, log_level.value.upper(), logging.DEBUG), format="%(message)s")
+    api_keys = load_api_keys(api_key_file)
+    check_exposure(host, api_keys, no_auth)  # before the model loads
     chosen = runtime_for(model_path, runtime)
-    with tempfile.TemporaryDirectory(prefix="artistid-serve-") as scratch:
-        if chosen == "onnx" and not model_path.lower().endswith(".onnx"):
-            from artistid.export import export_onnx
-            from artistid.model import Model
-
-            exported = str(Path(scratch) / (Path(model_path).stem + ".onnx"))
-            report = export_onnx(Model.load(model_path), exported, source=model_path)
-            typer.echo(f"exported {model_path} to ONNX (max probability difference {report.max_abs_diff:.2g})")
-            model_path = exported
-        check_model_file(model_path, chosen)  # a bad file fails here in one line, before the server starts
-        run_server(
-            model_path,
-            host=host,
-            port=port,
-            runtime=chosen,
-            max_upload_mb=max_upload_mb,
-            max_batch=max_batch,
-            log_level=log_level.value,
-        )
+    check_model_file(model_path, chosen)  # a bad file fails here in one line, before the server starts
+    run_server(
+        model_path,
+        host=host,
+        port=port,
+        runtime=chosen,
+        max_upload_mb=max_upload_mb,
+        max_batch=max_batch,
+        log_level=log_level.value,
+        api_keys=api_keys,
+        no_auth=no_auth,
+        max_queue=max_queue,
+        request_seconds=request_timeout,
+    )
 
 
 @app.command()

@@ -32,6 +32,8 @@ from artistid.model import Model
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from artistid.feature_store import FeatureStore
+
 __all__ = ["Evaluation", "coverage_png", "evaluate", "format_report", "score_predictions", "write_report"]
 
 
@@ -165,10 +167,11 @@ def evaluate(
     workers: int | None = None,
     storage_options: dict[str, Any] | None = None,
     progress: bool = True,
+    store: FeatureStore | None = None,
 ) -> Evaluation:
     """Scores every usable image; labels outside the model's artists count as unknown artists."""
     features = model.features_for(
-        samples, cache=cache, workers=workers, storage_options=storage_options, progress=progress
+        samples, cache=cache, workers=workers, storage_options=storage_options, progress=progress, store=store
     )
     probabilities = model.probabilities(features.features)
     answers = model.answers_for(features.features)

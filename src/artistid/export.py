@@ -17,7 +17,6 @@ import json
 import logging
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -41,6 +40,7 @@ from artistid.onnx_model import (
     PAINTING_SCORE_NAME,
     OnnxModel,
 )
+from artistid.runtimes import trace_to_onnx
 from artistid.storage import file_sha256, write_bytes_atomic
 
 if TYPE_CHECKING:
@@ -53,7 +53,6 @@ __all__ = ["ExportReport", "export_onnx", "pipeline_module", "sample_pixels"]
 logger = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4
-OPSET = 17
 SAMPLE_IMAGES = 16
 
 
@@ -199,27 +198,6 @@ def _output_names(model: Model) -> list[str]:
     return names
 
 
-def _trace_to_onnx(model: Model, example: np.ndarray, path: str) -> None:
-    import torch
-
-    with warnings.catch_warnings():
-        # The TorchScript exporter is exact for this feed-forward graph and needs no onnxscript; torch only
-        # warns that it is no longer the default.
-        warnings.filterwarnings("ignore", category=DeprecationWarning, message=".*legacy TorchScript-based ONNX.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        torch.onnx.export(
-            pipeline_module(model),
-            (torch.from_numpy(example),),
-            path,
-            dynamo=False,
-            input_names=[INPUT_NAME],
-            output_names=_output_names(model),
-            dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *_output_names(model)]},
-            opset_version=OPSET,
-        )
-
-
 def export_onnx(
     model: Model,
     output: str | Path,
@@ -244,7 +222,7 @@ def export_onnx(
     metadata = _metadata(model, source, len(pixels))
     with tempfile.TemporaryDirectory(prefix="artistid-export-") as scratch:
         traced = Path(scratch) / output.name
-        _trace_to_onnx(model, pixels[:2], str(traced))
+        trace_to_onnx(pipeline_module(model), pixels[:2], str(traced), INPUT_NAME, _output_names(model))
         graph = onnx.load(traced)
         onnx.checker.check_model(graph)
         onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps(metadata)})

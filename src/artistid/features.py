@@ -19,19 +19,29 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from artistid import storage
 from artistid.datasets import Sample
-from artistid.errors import ArtistIdError, ImageError, UsageError
-from artistid.images import MAX_PIXELS, Preprocess, load_image
+from artistid.decoding import Decoded, DecodePool, decode_in_process, read_and_decode
+from artistid.errors import ArtistIdError, UsageError
+from artistid.images import Preprocess
+from artistid.runtimes import (
+    PRECISIONS,
+    Engine,
+    choose_engine,
+    create_engine,
+    features_identity,
+    machine,
+)
 
 if TYPE_CHECKING:
     import torch
 
     from artistid.backbones import Backbone
+    from artistid.feature_store import FeatureStore
 
 __all__ = [
     "Decoded",
@@ -46,8 +56,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16"]  # asked for; the extractor resolves "auto" per machine
 LARGE_FILE_BYTES = 512_000  # a median file above this is a large scan: decoding dominates
+STORE_PART_ROWS = 2048  # vectors per feature-store part: few files, and little lost when a run is killed
 
 
 def default_cache_dir() -> Path:
@@ -59,40 +70,65 @@ def default_cache_dir() -> Path:
 # --- the extractor: pixels in, vectors out ---------------------------------------------------------------------
 
 
-def _bf16_is_native() -> bool:
-    import torch
-
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
 class FeatureExtractor:
-    """Runs a frozen backbone on batches of decoded images (uint8, NHWC), on CUDA when present."""
+    """Runs a frozen backbone on batches of decoded images (uint8, NHWC) on a runtime, in a precision.
 
-    def __init__(self, backbone: Backbone, *, device: str = "auto", precision: Precision = "auto") -> None:
-        import torch
+    `runtime`: auto (the fastest installed runtime, measured on this machine: `artistid.runtimes.choose_engine`),
+    torch, onnx (ONNX Runtime) or openvino. `precision`: auto (bf16 only where the hardware has it natively, else
+    fp32), fp32 or bf16. The runtime and precision are part of `identity()`, so vectors of one never stand in for
+    another's in the cache. Nothing is built before the first batch: a run whose every vector is cached builds no
+    network and need not import torch.
+    """
 
-        from artistid.forward import ArtistForward
-
-        if precision not in ("auto", "fp32", "bf16"):
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        device: str = "auto",
+        precision: Precision = "auto",
+        runtime: str = "auto",
+        cache_dir: Path | None = None,
+    ) -> None:
+        if precision not in PRECISIONS:
             raise UsageError(f"precision must be auto, fp32 or bf16; got {precision!r}")
         self.backbone = backbone
-        self.device = torch.device(
-            "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-        )
-        if precision == "auto":
-            # bf16 runs about twice as fast where the hardware has it (AVX512-BF16 / AMX, recent GPUs). On paintings3
-            # its vectors agree with fp32 to cosine >= 0.99 and give the same accuracy (tests/test_features.py).
-            native = self.device.type == "cuda" or _bf16_is_native()
-            precision = "bf16" if native else "fp32"
-        self.precision: Literal["fp32", "bf16"] = precision
         self.preprocess: Preprocess = backbone.preprocess
-        backbone.network.to(self.device).to(memory_format=torch.channels_last)
-        # The model's forward pass without its head: normalization and backbone.
-        self.module = ArtistForward(backbone).to(self.device)
+        self.cache_dir = cache_dir or default_cache_dir()
+        on_cuda = device == "cuda" or (device == "auto" and machine().cuda)
+        self._device = "cuda" if on_cuda else ("cpu" if device == "auto" else device)
+        # ONNX Runtime and OpenVINO run on the CPU here; another device means PyTorch.
+        self.runtime, self.precision = choose_engine(
+            "torch" if self._device != "cpu" else runtime, precision, backbone, cache_dir=self.cache_dir
+        )
+        self.threads: int | None = None  # the runtime's threads [default: its own choice]; set before the first batch
+        self._engine: Engine | None = None
+
+    @property
+    def device(self) -> torch.device:
+        import torch
+
+        return torch.device(self._device)
 
     def identity(self) -> str:
         """Everything a vector depends on besides the image's content: part of the cache key."""
-        return f"{self.backbone.identity()}/{self.preprocess.key()}/{self.precision}"
+        return f"{self.features_identity()}/{self.runtime}/{self.precision}"
+
+    def features_identity(self) -> str:
+        """What the vectors are, whichever runtime computes them: backbone, cut, pooling and preprocessing."""
+        return features_identity(self.backbone)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = create_engine(
+                self.runtime,
+                self.backbone,
+                self.precision,
+                device=self._device,
+                cache_dir=self.cache_dir,
+                threads=self.threads,
+            )
+        return self._engine
 
     def pixels(self, pixels: np.ndarray) -> torch.Tensor:
         """uint8 NHWC pixels as a tensor on the extractor's device."""
@@ -101,17 +137,15 @@ class FeatureExtractor:
         return torch.from_numpy(np.require(pixels, requirements=["C", "W"])).to(self.device)
 
     def to_input(self, pixels: np.ndarray) -> torch.Tensor:
-        """Normalized NCHW float batch from uint8 NHWC pixels."""
-        return self.module.normalize(self.pixels(pixels))
+        """Normalized NCHW float batch from uint8 NHWC pixels, for code that runs the PyTorch network itself."""
+        from artistid.forward import Normalize
+
+        return Normalize(self.preprocess).to(self.device)(self.pixels(pixels))
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        import torch
-
         if len(pixels) == 0:
             return np.zeros((0, 0), dtype=np.float32)
-        with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.precision == "bf16"):
-            features = self.module.features(self.pixels(pixels))
-        return features.float().cpu().numpy()
+        return self.engine(pixels)
 
 
 def _absolute(path: str) -> str:
@@ -132,6 +166,7 @@ class FeatureCache:
     def __init__(self, directory: str | Path | None = None) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.path = self.directory / "features-v1.sqlite"
+        self._unwritable = False
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
@@ -170,11 +205,22 @@ class FeatureCache:
                     found[key] = vector
         return found
 
+    def _write(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
+        """One transaction. A cache that cannot be written (a full disk) is said so once, then only read: it saves
+        time, and the run's own output matters more. A failed transaction leaves no part of itself behind."""
+        if self._unwritable or not rows:
+            return
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(statement, rows)
+        except sqlite3.Error as exc:
+            self._unwritable = True
+            logger.warning("%s: cannot write to the feature cache (%s); going on without saving to it", self.path, exc)
+
     def put_many(self, items: dict[str, np.ndarray]) -> None:
         rows = [(k, int(v.shape[0]), np.ascontiguousarray(v, dtype=np.float32).tobytes()) for k, v in items.items()]
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT OR REPLACE INTO features VALUES (?, ?, ?)", rows)
+        self._write("INSERT OR REPLACE INTO features VALUES (?, ?, ?)", rows)
 
     def known_hashes(self, paths: Sequence[str]) -> dict[str, str]:
         """Content hashes of local files unchanged since they were last hashed."""
@@ -201,9 +247,7 @@ class FeatureCache:
 
     def remember_hashes(self, hashes: dict[str, tuple[int, int, str]]) -> None:
         rows = [(_absolute(p), *v) for p, v in hashes.items()]
-        with self._db:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", rows)
+        self._write("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", rows)
 
 
 # --- the result ------------------------------------------------------------------------------------------------
@@ -219,9 +263,15 @@ class FeatureSet:
     errors: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     identity: str = ""
+    reused: int = 0  # vectors taken from the cache or the feature store, not computed
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def featurized(self) -> int:
+        """Vectors computed by this run."""
+        return len(self.paths) - self.reused
 
     def to_parquet(self, path: str | Path, storage_options: dict[str, Any] | None = None) -> None:
         """Writes path, label and features columns atomically (a storage URI works too)."""
@@ -283,58 +333,6 @@ def _sidecar_identity(path: str | Path) -> str:
 # --- the pipeline ----------------------------------------------------------------------------------------------
 
 
-class Decoded:
-    """What a worker sends back for one image: its content hash and pixels, or the reason it failed."""
-
-    __slots__ = ("error", "index", "pixels", "sha", "stat")
-
-    def __init__(
-        self,
-        index: int,
-        sha: str = "",
-        pixels: np.ndarray | None = None,
-        error: str = "",
-        stat: tuple[int, int] | None = None,
-    ) -> None:
-        self.index, self.sha, self.pixels, self.error, self.stat = index, sha, pixels, error, stat
-
-
-def read_and_decode(index: int, path: str, preprocess: Preprocess, storage_options: dict[str, Any] | None) -> Decoded:
-    """Reads, hashes and decodes one image; every engine's workers call this, so all decode alike."""
-    try:
-        stat = None
-        if storage.is_local(path):
-            st = os.stat(storage.local_path(path))
-            stat = (st.st_size, st.st_mtime_ns)
-        data = storage.read_bytes(path, storage_options)
-    except FileNotFoundError:
-        return Decoded(index, error=f"{path}: file not found")
-    except Exception as exc:
-        return Decoded(index, error=f"{path}: cannot read file ({exc})")
-    sha = hashlib.sha256(data).hexdigest()
-    try:
-        pixels = load_image(data, preprocess, name=path, max_pixels=MAX_PIXELS)
-    except ImageError as exc:
-        return Decoded(index, sha, error=str(exc), stat=stat)
-    return Decoded(index, sha, pixels, stat=stat)
-
-
-class _DecodeDataset:
-    """A map-style dataset for torch's DataLoader: decoding happens in its worker processes."""
-
-    def __init__(
-        self, jobs: list[tuple[int, str]], preprocess: Preprocess, storage_options: dict[str, Any] | None
-    ) -> None:
-        self.jobs, self.preprocess, self.storage_options = jobs, preprocess, storage_options
-
-    def __len__(self) -> int:
-        return len(self.jobs)
-
-    def __getitem__(self, position: int) -> Decoded:
-        index, path = self.jobs[position]
-        return read_and_decode(index, path, self.preprocess, self.storage_options)
-
-
 def _decoded_batches(
     jobs: list[tuple[int, str]],
     preprocess: Preprocess,
@@ -342,17 +340,11 @@ def _decoded_batches(
     batch_size: int,
     storage_options: dict[str, Any] | None,
 ) -> Iterator[list[Decoded]]:
-    from torch.utils.data import DataLoader, Dataset
-
-    loader: DataLoader[Decoded] = DataLoader(
-        cast("Dataset[Decoded]", _DecodeDataset(jobs, preprocess, storage_options)),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=list,
-        prefetch_factor=4 if workers else None,
-        multiprocessing_context="fork" if workers else None,
-    )
-    yield from loader
+    if not workers:
+        yield from decode_in_process(jobs, preprocess, storage_options, batch_size)
+        return
+    with DecodePool(preprocess, workers=workers, storage_options=storage_options) as pool:
+        yield from pool.batches(jobs, batch_size)
 
 
 def decode_workers() -> int:
@@ -389,8 +381,12 @@ def featurize(
     batch_size: int = 16,
     storage_options: dict[str, Any] | None = None,
     progress: bool = True,
+    store: FeatureStore | None = None,
 ) -> FeatureSet:
-    """Feature vectors for `samples`, in their order; unusable images are left out and listed in `errors`."""
+    """Feature vectors for `samples`, in their order; unusable images are left out and listed in `errors`.
+
+    With a `store`, vectors it holds are reused and the computed ones are added to it.
+    """
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
@@ -398,6 +394,8 @@ def featurize(
     paths = [s.path for s in samples]
     vectors: dict[int, np.ndarray] = {}
     errors: dict[int, str] = {}
+    stored = store.vectors(identity) if store is not None else {}
+    computed_total = 0
 
     # Warm path: files whose content hash is known and whose vector is cached need no reading at all.
     pending = list(range(len(samples)))
@@ -406,10 +404,12 @@ def featurize(
         keys = {i: FeatureCache.key(known[p], identity) for i, p in enumerate(paths) if p in known}
         hits = cache.get_many(list(keys.values()))
         vectors.update({i: hits[k] for i, k in keys.items() if k in hits})
+        vectors.update({i: stored[known[paths[i]]] for i in keys if i not in vectors and known[paths[i]] in stored})
         pending = [i for i in range(len(samples)) if i not in vectors]
 
     if workers is None:
-        workers = _default_workers([paths[i] for i in pending]) if len(pending) > 32 else 0
+        # Even a few files decode in a worker: a crash or hang in a codec must cost only its file.
+        workers = _default_workers([paths[i] for i in pending]) if len(pending) > 32 else 1
     bar = tqdm(
         total=len(samples),
         initial=len(vectors),
@@ -418,9 +418,13 @@ def featurize(
         disable=not progress or None,
         dynamic_ncols=True,
     )
+    unsaved: dict[str, np.ndarray] = {}
     try:
         jobs = [(i, paths[i]) for i in pending]
-        for batch in _decoded_batches(jobs, extractor.preprocess, workers, batch_size, storage_options):
+        # Nothing to decode (every vector cached): no DataLoader, so a warm run never imports torch.
+        for batch in (
+            [] if not jobs else _decoded_batches(jobs, extractor.preprocess, workers, batch_size, storage_options)
+        ):
             hashes = {d.index: (*d.stat, d.sha) for d in batch if d.stat is not None and d.sha}
             usable = [d for d in batch if d.pixels is not None]
             for d in batch:
@@ -428,18 +432,27 @@ def featurize(
                     errors[d.index] = d.error
             keys = {d.index: FeatureCache.key(d.sha, identity) for d in usable}
             hits = cache.get_many(list(keys.values())) if cache is not None else {}
-            todo = [d for d in usable if keys[d.index] not in hits]
             vectors.update({d.index: hits[keys[d.index]] for d in usable if keys[d.index] in hits})
+            vectors.update({d.index: stored[d.sha] for d in usable if d.index not in vectors and d.sha in stored})
+            todo = [d for d in usable if d.index not in vectors]
             if todo:
                 computed = extractor(np.stack([d.pixels for d in todo]))  # type: ignore[misc]
                 vectors.update({d.index: computed[n] for n, d in enumerate(todo)})
+                computed_total += len(todo)
                 if cache is not None:
                     cache.put_many({keys[d.index]: computed[n] for n, d in enumerate(todo)})
+                if store is not None:
+                    unsaved.update({d.sha: computed[n] for n, d in enumerate(todo)})
+                    if len(unsaved) >= STORE_PART_ROWS:
+                        store.append(identity, unsaved)
+                        unsaved = {}
             if cache is not None and hashes:
                 cache.remember_hashes({paths[i]: v for i, v in hashes.items()})
             bar.update(len(batch))
     finally:
         bar.close()
+        if store is not None:  # what was computed is kept, even when the run stops midway
+            store.append(identity, unsaved)
 
     kept = sorted(vectors)
     features = np.stack([vectors[i] for i in kept]).astype(np.float32) if kept else np.zeros((0, 0), np.float32)
@@ -452,4 +465,5 @@ def featurize(
         errors=[(paths[i], errors[i]) for i in sorted(errors)],
         seconds=time.perf_counter() - started,
         identity=identity,
+        reused=len(kept) - computed_total,
     )

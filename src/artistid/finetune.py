@@ -29,6 +29,7 @@ from artistid.backbones import Backbone, WeightsOrigin, create_backbone
 from artistid.calibration import DEFAULT_FALSE_REJECTION, calibrate
 from artistid.card import TrainingCard
 from artistid.datasets import Sample
+from artistid.decoding import exit_with_parent
 from artistid.errors import ArtistIdError, ImageError
 from artistid.head import ArtistHead
 from artistid.images import Preprocess, decode_image
@@ -183,8 +184,12 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     scratch = path.with_suffix(".tmp")
-    torch.save(state, scratch)
-    os.replace(scratch, path)  # a checkpoint is whole or absent, even if the run is killed while writing
+    try:
+        torch.save(state, scratch)
+        os.replace(scratch, path)  # a checkpoint is whole or absent, even if the run is killed while writing
+    except BaseException:
+        scratch.unlink(missing_ok=True)  # a full disk leaves no half checkpoint beside the last whole one
+        raise
 
 
 def _load_checkpoint(path: Path, settings: FinetuneSettings, classes: list[str]) -> dict[str, Any]:
@@ -238,7 +243,7 @@ def finetune(
     torch.manual_seed(settings.seed)
     backbone = create_backbone(settings.backbone, weights=settings.weights, input_size=settings.image_size)
     network = backbone.network
-    extractor = FeatureExtractor(backbone, precision=settings.precision)  # type: ignore[arg-type]
+    extractor = FeatureExtractor(backbone, precision=settings.precision, runtime="torch")  # type: ignore[arg-type]
     device, bf16 = extractor.device, extractor.precision == "bf16"
     learning = trainable_parameters(network, settings.unfreeze)
     with torch.no_grad():
@@ -265,6 +270,7 @@ def finetune(
         num_workers=decode_workers() if workers is None else workers,
         collate_fn=_collate,
         generator=torch.Generator().manual_seed(settings.seed),
+        worker_init_fn=exit_with_parent,
     )
     total_steps = settings.epochs * max(1, len(loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(

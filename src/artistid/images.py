@@ -78,7 +78,11 @@ class Preprocess:
 
 
 def _explain(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        return "out of memory while decoding (the image needs more memory than this process may use)"
     reason = str(exc) or type(exc).__name__
+    if not isinstance(exc, OSError | ValueError | SyntaxError | EOFError):  # unexpected here: name its kind
+        reason = f"{type(exc).__name__}: {reason}"
     return f"truncated or corrupt image data ({reason})" if "truncat" in reason.lower() else reason
 
 
@@ -95,7 +99,7 @@ def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError:
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
         raise ImageError(name, f"over Pillow's limit of {limit} pixels (possible decompression bomb)") from None
-    except (OSError, ValueError, SyntaxError) as exc:
+    except Exception as exc:  # a codec may raise anything on a hostile file: it is that file's error
         raise ImageError(name, f"cannot open image: {_explain(exc)}") from None
     width, height = image.size
     if width * height > max_pixels:
@@ -151,7 +155,7 @@ def decode_image(data: bytes, name: str, *, max_pixels: int = MAX_PIXELS, draft_
         return _to_rgb(image)
     except ImageError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # a codec may raise anything on a hostile file: it is that file's error
         raise ImageError(name, f"cannot decode image: {_explain(exc)}") from None
 
 
@@ -179,4 +183,7 @@ def load_image(
         else:
             data = source
         image = decode_image(data, name or "<bytes>", max_pixels=max_pixels, draft_size=preprocess.side)
-    return np.asarray(_fit(image, preprocess.side, preprocess.fit, preprocess.interpolation), dtype=np.uint8)
+    try:
+        return np.asarray(_fit(image, preprocess.side, preprocess.fit, preprocess.interpolation), dtype=np.uint8)
+    except Exception as exc:
+        raise ImageError(name or "<image>", f"cannot resize image: {_explain(exc)}") from None

@@ -32,10 +32,10 @@ from artistid.head import ArtistHead
 from artistid.images import Preprocess, load_image
 from artistid.model_file import read_model_file, write_model_file
 from artistid.refusals import RefusalGates
+from artistid.runtimes import backbone_state
 
 if TYPE_CHECKING:
-    import torch
-
+    from artistid.feature_store import FeatureStore
     from artistid.forward import ArtistForward
 
 __all__ = ["NOT_A_PAINTING", "UNKNOWN", "ImageInput", "Model", "library_versions"]
@@ -46,14 +46,12 @@ ImageInput = str | Path | bytes | Image.Image
 def library_versions() -> LibraryVersions:
     from importlib.metadata import version
 
-    import timm
-    import torch
-
+    # From the installed packages' metadata: saving a model must not import torch for its version string.
     return LibraryVersions(
         artistid=version("artistid"),
         python=platform.python_version(),
-        torch=torch.__version__,
-        timm=timm.__version__,
+        torch=version("torch"),
+        timm=version("timm"),
     )
 
 
@@ -66,6 +64,8 @@ class Model:
         head: ArtistHead,
         *,
         precision: str = "auto",
+        runtime: str = "auto",
+        extractor: FeatureExtractor | None = None,
         calibration: CalibrationCard | None = None,
         training: TrainingCard | None = None,
         metrics: Metrics | None = None,
@@ -75,7 +75,8 @@ class Model:
         self.backbone = backbone
         self.head = head
         self.gates = gates or RefusalGates()
-        self.extractor = FeatureExtractor(backbone, precision=precision)  # type: ignore[arg-type]
+        # The runtime and precision of this process: chosen for this machine, whatever the model was trained with.
+        self.extractor = extractor or FeatureExtractor(backbone, precision=precision, runtime=runtime)  # type: ignore[arg-type]
         self.card = ModelCard(
             classes=tuple(str(c) for c in head.classes_),
             backbone=backbone.card,
@@ -121,10 +122,17 @@ class Model:
         workers: int | None = None,
         storage_options: dict[str, Any] | None = None,
         progress: bool = True,
+        store: FeatureStore | None = None,
     ) -> FeatureSet:
         """Feature vectors for many files, in parallel and cached; unusable files are listed, not raised."""
         return featurize(
-            samples, self.extractor, cache=cache, workers=workers, storage_options=storage_options, progress=progress
+            samples,
+            self.extractor,
+            cache=cache,
+            workers=workers,
+            storage_options=storage_options,
+            progress=progress,
+            store=store,
         )
 
     def probabilities(self, features: np.ndarray) -> np.ndarray:
@@ -167,13 +175,13 @@ class Model:
         return module.to(self.extractor.device).eval()
 
     # --- the model file ------------------------------------------------------------------------------------------
-    def tensors(self) -> dict[str, torch.Tensor]:
-        import torch
-
-        state = {f"backbone.{k}": v for k, v in self.backbone.network.state_dict().items()}
-        state["head.weight"] = torch.from_numpy(np.asarray(self.head.coef_, dtype=np.float32))
-        state["head.bias"] = torch.from_numpy(np.asarray(self.head.intercept_, dtype=np.float32))
-        state.update({name: torch.from_numpy(tensor) for name, tensor in self.gates.tensors().items()})
+    def tensors(self) -> dict[str, np.ndarray]:
+        """What the model file stores: the backbone's weights (kept in the cache folder, so a run that never built
+        the network need not build it to save) and the head's."""
+        state = {f"backbone.{k}": v for k, v in backbone_state(self.backbone, self.extractor.cache_dir).items()}
+        state["head.weight"] = np.asarray(self.head.coef_, dtype=np.float32)
+        state["head.bias"] = np.asarray(self.head.intercept_, dtype=np.float32)
+        state.update(self.gates.tensors())
         return state
 
     def save(self, uri: str | Path, storage_options: dict[str, Any] | None = None) -> None:
@@ -181,7 +189,19 @@ class Model:
         write_model_file(uri, self.tensors(), replace(self.card, versions=library_versions()), storage_options)
 
     @classmethod
-    def load(cls, uri: str | Path, storage_options: dict[str, Any] | None = None) -> Model:
+    def load(
+        cls,
+        uri: str | Path,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        runtime: str = "auto",
+        precision: str = "auto",
+    ) -> Model:
+        """Reads a model file; its backbone runs on `runtime` in `precision`, by default the fastest for this machine.
+
+        The card records the precision the model was trained with, but bf16 is used only where the hardware has it
+        natively (and measured faster): a model trained in bf16 runs in fp32 elsewhere.
+        """
         tensors, card = read_model_file(uri, storage_options)
         try:
             state = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
@@ -200,7 +220,8 @@ class Model:
         return cls(
             backbone,
             head,
-            precision=card.precision,
+            precision=precision,
+            runtime=runtime,
             calibration=card.calibration,
             training=card.training,
             metrics=card.metrics,

@@ -14,6 +14,8 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from artistid import storage
 from artistid.card import CARD_VERSION, ModelCard, card_from_dict, card_to_dict
 from artistid.errors import ModelFileError
@@ -31,16 +33,22 @@ _MAX_HEADER = 100 * 1024 * 1024
 
 def write_model_file(
     uri: str | Path,
-    tensors: dict[str, torch.Tensor],
+    tensors: dict[str, torch.Tensor] | dict[str, np.ndarray],
     card: ModelCard,
     storage_options: dict[str, Any] | None = None,
 ) -> None:
-    """Writes the model file atomically, locally or to a storage URI."""
-    from safetensors.torch import save
-
+    """Writes the model file atomically, locally or to a storage URI; NumPy arrays need no torch."""
     document = {"format": FORMAT, "version": FORMAT_VERSION, **card_to_dict(card)}
-    contiguous = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}
-    data = save(contiguous, metadata={"format": "pt", "artistid": json.dumps(document)})
+    header = {"format": "pt", "artistid": json.dumps(document)}
+    if all(isinstance(tensor, np.ndarray) for tensor in tensors.values()):
+        from safetensors.numpy import save as save_arrays
+
+        data = save_arrays({name: np.ascontiguousarray(array) for name, array in tensors.items()}, metadata=header)
+    else:
+        from safetensors.torch import save
+
+        contiguous = {name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}  # type: ignore[union-attr]
+        data = save(contiguous, metadata=header)
     storage.write_bytes_atomic(uri, data, storage_options)
 
 

@@ -34,6 +34,8 @@ def skipped_lines(errors: Sequence[tuple[str, str]]) -> list[str]:
 def featurize_record(features: FeatureSet, output: str) -> dict[str, Any]:
     return {
         "images": len(features),
+        "featurized": features.featurized,
+        "reused": features.reused,
         "skipped": len(features.errors),
         "seconds": round(features.seconds, 3),
         "output": output,
@@ -43,7 +45,10 @@ def featurize_record(features: FeatureSet, output: str) -> dict[str, Any]:
 
 def featurize_line(features: FeatureSet, output: str) -> str:
     rate = len(features) / max(features.seconds, 1e-9)
-    return f"{len(features)} images featurized in {features.seconds:.1f} s ({rate:.0f} img/s) -> {output}"
+    return (
+        f"{len(features)} images in {features.seconds:.1f} s ({rate:.0f} img/s; {features.featurized} featurized, "
+        f"{features.reused} reused) -> {output}"
+    )
 
 
 def epoch_line(record: dict[str, float], epochs: int) -> str:

@@ -1,16 +1,20 @@
 """`artistid serve MODEL`: a web service and a page that name the artist of a painting.
 
     POST /v1/predict   multipart `files` (one or more images) -> artist, probability and top-k per image
-    POST /v1/explain   one image (multipart `file`) -> PNG: where the model looked (Grad-CAM; torch runtime)
+    POST /v1/explain   one image (multipart `file`) -> PNG: where the model looked (Grad-CAM; model files, not .onnx)
     GET  /v1/model     the model card: classes, backbone, preprocessing, calibration, training, metrics
-    GET  /healthz      liveness, and how requests were batched
+    GET  /healthz      liveness, and how requests were batched (open without an API key, for probes)
+    GET  /metrics      Prometheus metrics (`artistid.service_guard`)
     GET  /             the page: drop a painting, see the artist and the probabilities
     GET  /docs         OpenAPI
 
-A model file (.safetensors) runs on PyTorch; an .onnx file from `artistid export` runs on ONNX Runtime, and that
+A model file (.safetensors) runs its backbone on the runtime asked for (auto: the fastest measured on this machine;
+`artistid.runtimes`) and explains with PyTorch; an .onnx file from `artistid export` runs on ONNX Runtime, and that
 path never imports torch. Requests are decoded in the thread pool and then micro-batched for the model
 (`artistid.batching`). Bad input is a 4xx naming the file and the reason: 413 over the upload limit, 415 for a file
-that is not an image, 422 for one that cannot be decoded (truncated, decompression bomb, empty).
+that is not an image, 422 for one that cannot be decoded (truncated, decompression bomb, empty, or one that crashes
+or hangs its decoder: uploads are decoded in worker processes, `artistid.decoding`). API keys, load shedding, the
+request time limit, the access log and the metrics are `artistid.service_guard`'s.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import asyncio
 import logging
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.resources import files as package_files
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import quote
 
 import numpy as np
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -49,10 +53,20 @@ from artistid.card import (
     ModelCard,
     TrainingCard,
 )
+from artistid.decoding import DecodePool
 from artistid.errors import ArtistIdError, ImageError, ModelFileError, NotAnImageError, UsageError
-from artistid.images import Preprocess, load_image
+from artistid.features import decode_workers
+from artistid.images import Preprocess
 from artistid.onnx_model import OnnxModel
 from artistid.refusals import split_scores, stack_scores
+from artistid.runtimes import RUNTIMES
+from artistid.service_guard import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_REQUEST_SECONDS,
+    GuardMiddleware,
+    ServiceGuard,
+    check_exposure,
+)
 from artistid.storage import file_sha256
 
 if TYPE_CHECKING:
@@ -70,7 +84,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Runtime = Literal["torch", "onnx"]
+Runtime = Literal["torch", "onnx", "openvino"]
 DEFAULT_MAX_UPLOAD_MB = 20.0
 MAX_FILES = 64
 # On a 2-core CPU an image costs more in a batch of 8 or 16 than of 2-4 (ONNX Runtime, EfficientNet-Lite0):
@@ -138,12 +152,17 @@ class ServedModel:
     explain: Callable[[bytes, str, str | None], Explanation] | None = None
 
 
-def runtime_for(path: str | Path, runtime: str | None = None) -> Runtime:
+def _is_onnx_file(path: str | Path) -> bool:
+    return str(path).lower().endswith(".onnx")
+
+
+def runtime_for(path: str | Path, runtime: str | None = None) -> str:
+    """The runtime asked for: onnx for an exported .onnx file; for a model file auto (the default) or one named."""
     if runtime is None:
-        return "onnx" if str(path).lower().endswith(".onnx") else "torch"
-    if runtime not in ("torch", "onnx"):
-        raise UsageError(f"runtime must be torch or onnx; got {runtime!r}")
-    return runtime  # type: ignore[return-value]
+        return "onnx" if _is_onnx_file(path) else "auto"
+    if runtime not in ("auto", *RUNTIMES):
+        raise UsageError(f"runtime must be auto, torch, onnx or openvino; got {runtime!r}")
+    return runtime
 
 
 def _load_onnx(path: Path) -> ServedModel:
@@ -158,20 +177,21 @@ def _load_onnx(path: Path) -> ServedModel:
     return ServedModel(model.scores_pixels, model.card, ModelInfo.of(identity, model.card))
 
 
-def _load_torch(path: Path) -> ServedModel:
-    import torch
-
+def _load_model_file(path: Path, runtime: str) -> ServedModel:
     from artistid.model import Model
 
-    # One intra-op thread: waking a second OpenMP thread from the batcher thread on every call cost more than it
-    # gave at these batch sizes (p50 15 vs 23 ms per request on two cores), and the other core decodes uploads.
-    torch.set_num_threads(1)
-    model = Model.load(path)
+    model = Model.load(path, runtime=runtime)
+    if model.extractor.runtime == "torch":
+        import torch
+
+        # One intra-op thread: waking a second OpenMP thread from the batcher thread on every call cost more than
+        # it gave at these batch sizes (p50 15 vs 23 ms per request on two cores), and the other core decodes.
+        torch.set_num_threads(1)
     identity = ModelIdentity(
         name=path.name,
         sha256=file_sha256(path),
         backbone=model.card.backbone.name,
-        runtime="torch",
+        runtime=model.extractor.runtime,  # type: ignore[arg-type]
         precision=model.extractor.precision,
     )
 
@@ -195,23 +215,24 @@ def _load_torch(path: Path) -> ServedModel:
 def check_model_file(path: str | Path, runtime: str | None = None) -> None:
     """Fails in one line on a file the chosen runtime cannot serve, before a server starts (quicker than loading)."""
     path = Path(path)
-    if runtime_for(path, runtime) == "onnx":
+    chosen = runtime_for(path, runtime)
+    if _is_onnx_file(path):
+        if chosen != "onnx":
+            raise ModelFileError(f"{path}: an ONNX file runs on the onnx runtime, not {chosen}")
         OnnxModel.load(path)
         return
-    if path.suffix.lower() == ".onnx":
-        raise ModelFileError(f"{path}: an ONNX file runs on the onnx runtime, not torch")
     from artistid.model_file import read_card
 
     read_card(path)
 
 
 def load_served_model(path: str | Path, runtime: str | None = None) -> ServedModel:
-    """A model file on PyTorch, or an exported .onnx file on ONNX Runtime (torch is then never imported)."""
+    """A model file with its backbone on `runtime`, or an exported .onnx file on ONNX Runtime (without torch)."""
     path = Path(path)
-    if runtime_for(path, runtime) == "onnx":
+    check_model_file(path, runtime)
+    if _is_onnx_file(path):
         return _load_onnx(path)
-    check_model_file(path, "torch")
-    return _load_torch(path)
+    return _load_model_file(path, runtime_for(path, runtime))
 
 
 # --- responses -------------------------------------------------------------------------------------------------
@@ -320,8 +341,10 @@ class UploadLimit:
 
 
 # --- the app ---------------------------------------------------------------------------------------------------
-def _decode_all(uploads: list[tuple[str, bytes]], preprocess: Preprocess) -> np.ndarray:
-    return np.stack([load_image(data, preprocess, name=name) for name, data in uploads])
+async def _decode_all(pool: DecodePool, uploads: list[tuple[str, bytes]]) -> np.ndarray:
+    futures = [asyncio.wrap_future(pool.submit_bytes(i, name, data)) for i, (name, data) in enumerate(uploads)]
+    decoded = await asyncio.gather(*futures)
+    return np.stack([result.pixels_or_raise() for result in decoded])
 
 
 def create_app(
@@ -330,19 +353,26 @@ def create_app(
     runtime: str | None = None,
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     max_batch: int = DEFAULT_MAX_BATCH,
+    api_keys: Sequence[str] = (),
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    request_seconds: float = DEFAULT_REQUEST_SECONDS,
 ) -> FastAPI:
     """The service for one model file; the model is loaded when the app starts (lifespan), not here."""
+    guard = ServiceGuard(api_keys=api_keys, max_queue=max_queue, request_seconds=request_seconds)
+    admitted = [Depends(guard.admit, scope="function")]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         model = load_served_model(model_path, runtime)
         app.state.model = model
-        app.state.batcher = MicroBatcher(model.predict, max_batch=max_batch)
+        app.state.decoder = DecodePool(model.card.preprocess, workers=max(2, decode_workers()))
+        app.state.batcher = MicroBatcher(model.predict, max_batch=max_batch, on_batch=guard.observe_batch)
         logger.info("serving %s on %s", model.info.model.name, model.info.model.runtime)
         try:
             yield
         finally:
             app.state.batcher.close()
+            app.state.decoder.close()
 
     app = FastAPI(
         title="artistid",
@@ -353,6 +383,7 @@ def create_app(
         redoc_url=None,  # ReDoc comes only from a CDN, which offline machines cannot reach
     )
     app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 1e6))
+    app.add_middleware(GuardMiddleware, guard=guard)  # outermost: keys are checked before an upload is read
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
 
@@ -386,7 +417,7 @@ def create_app(
         },
     }
 
-    @app.post("/v1/predict", response_model=PredictResponse, responses=bad_input)
+    @app.post("/v1/predict", response_model=PredictResponse, responses=bad_input, dependencies=admitted)
     async def predict(
         request: Request,
         files: Annotated[list[UploadFile], File(description="One or more images of paintings.")],
@@ -397,7 +428,7 @@ def create_app(
             raise HTTPException(413, f"{len(files)} files in one request; at most {MAX_FILES}")
         model: ServedModel = request.app.state.model
         uploads = [(upload.filename or f"file {i + 1}", await upload.read()) for i, upload in enumerate(files)]
-        pixels = await run_in_threadpool(_decode_all, uploads, model.card.preprocess)
+        pixels = await _decode_all(request.app.state.decoder, uploads)
         rows = await asyncio.wrap_future(request.app.state.batcher.submit(pixels))
         probabilities, painting_scores, other_scores = split_scores(rows)
         answers = model.card.decide(
@@ -414,6 +445,7 @@ def create_app(
             )
             for (name, _), answer in zip(uploads, answers, strict=True)
         ]
+        guard.count_answers(p.artist for p in predictions)
         return PredictResponse(model=model.info.model, predictions=predictions)
 
     @app.post(
@@ -427,9 +459,10 @@ def create_app(
                 "`X-Probability` gives its probability.",
             },
             400: {"model": ErrorDetail, "description": "An artist the model does not know."},
-            501: {"model": ErrorDetail, "description": "The ONNX runtime cannot explain."},
+            501: {"model": ErrorDetail, "description": "An .onnx export cannot explain."},
             **{status: bad_input[status] for status in (413, 415, 422)},
         },
+        dependencies=admitted,
     )
     async def explain(
         request: Request,
@@ -441,9 +474,11 @@ def create_app(
         """Where the model looked: a Grad-CAM heat map over the painting, as PNG."""
         model: ServedModel = request.app.state.model
         if model.explain is None:
-            raise HTTPException(501, "explanations need gradients: serve the model file on the torch runtime")
+            raise HTTPException(501, "explanations need gradients: serve the model file, not its .onnx export")
         name = file.filename or "file"
-        explanation = await run_in_threadpool(model.explain, await file.read(), name, artist)
+        data = await file.read()
+        await _decode_all(request.app.state.decoder, [(name, data)])  # a file that crashes a decoder stops here
+        explanation = await run_in_threadpool(model.explain, data, name, artist)
         # Percent-encoded: HTTP headers are Latin-1 and an artist's folder name may not be.
         headers = {"X-Artist": quote(explanation.artist), "X-Probability": f"{explanation.probability:.6f}"}
         return Response(await run_in_threadpool(explanation.png), media_type="image/png", headers=headers)
@@ -463,6 +498,10 @@ def create_app(
             batches=stats.batches,
             largest_batch=stats.largest_batch,
         )
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return guard.metrics()
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -502,10 +541,24 @@ def serve(
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
     max_batch: int = DEFAULT_MAX_BATCH,
     log_level: str = "info",
+    api_keys: Sequence[str] = (),
+    no_auth: bool = False,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    request_seconds: float = DEFAULT_REQUEST_SECONDS,
 ) -> None:
     """Runs the service on uvicorn until interrupted."""
     import uvicorn
 
+    check_exposure(host, api_keys, no_auth)
     _check_port_free(host, port)  # before the model loads, which can take seconds
-    app = create_app(model_path, runtime=runtime, max_upload_mb=max_upload_mb, max_batch=max_batch)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
+    app = create_app(
+        model_path,
+        runtime=runtime,
+        max_upload_mb=max_upload_mb,
+        max_batch=max_batch,
+        api_keys=api_keys,
+        max_queue=max_queue,
+        request_seconds=request_seconds,
+    )
+    # The guard writes the access log (one JSON line per request, artistid.access), so uvicorn's is off.
+    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5, access_log=False)

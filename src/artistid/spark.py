@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pyspark import SparkFiles, TaskContext, keyword_only
+from pyspark import SparkFiles, StorageLevel, TaskContext, keyword_only
 from pyspark.ml import Transformer
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.sql import DataFrame, SparkSession
@@ -53,6 +53,7 @@ from artistid.card import ExtractorCard, from_dict, to_dict
 from artistid.datasets import Sample
 from artistid.errors import ArtistIdError
 from artistid.evaluate import Evaluation, score_predictions
+from artistid.feature_store import FeatureStore, part_bytes
 from artistid.features import FeatureExtractor, read_and_decode
 from artistid.model import Model
 
@@ -64,6 +65,7 @@ __all__ = [
     "default_partitions",
     "evaluate",
     "featurize",
+    "is_connect",
     "predict",
     "samples_frame",
     "session",
@@ -81,13 +83,20 @@ Kind = Literal["features", "predictions"]
 
 
 def spark_session(
-    master: str | None = None, *, app_name: str = "artistid", conf: dict[str, str] | None = None
+    master: str | None = None,
+    *,
+    remote: str | None = None,
+    app_name: str = "artistid",
+    conf: dict[str, str] | None = None,
 ) -> SparkSession:
     """The active session, or a new one on `master` (default: what spark-submit set, else local[*]).
 
+    With `remote` (sc://host:port), a Spark Connect session instead: the jobs run on that server's cluster.
     Local executors started from here run this Python, so they see the same artistid, torch and weights packages
     (on a cluster, spark-submit's --archives and spark.pyspark.python say which Python runs: see docs/spark.md).
     """
+    if remote:
+        return SparkSession.builder.remote(remote).getOrCreate()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     if master:
@@ -97,15 +106,20 @@ def spark_session(
     return builder.getOrCreate()
 
 
+def is_connect(spark: SparkSession) -> bool:
+    """Whether `spark` is a Spark Connect session: no SparkContext, no RDDs, files travel as artifacts."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
 @contextmanager
-def session(master: str | None = None) -> Iterator[SparkSession]:
+def session(master: str | None = None, *, remote: str | None = None) -> Iterator[SparkSession]:
     """A session for one command: quiet, and stopped at the end only if this call started it."""
-    existing = SparkSession.getActiveSession()
+    existing = None if remote else SparkSession.getActiveSession()
     with warnings.catch_warnings():
         # PySpark 4 warns about pandas 3 on every Arrow job, though this engine hands it Arrow, not pandas.
         warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
-        spark = spark_session(master)
-        if existing is None:
+        spark = spark_session(master, remote=remote)
+        if existing is None and not is_connect(spark):
             spark.sparkContext.setLogLevel("ERROR")
         try:
             yield spark
@@ -130,6 +144,9 @@ class _Job:
     error_col: str = "error"
     batch_size: int = 16
     storage_options: dict[str, Any] | None = None
+    # The driver's runtime and precision: executors compute the vectors the driver's identity names.
+    runtime: str = "torch"
+    precision: str = "fp32"
 
 
 @functools.cache
@@ -158,14 +175,14 @@ def _extractor_file(extractor: FeatureExtractor) -> Path:
     return _stage(save(state, metadata={"artistid.extractor": json.dumps(to_dict(card))}), "backbone")
 
 
-def _load_extractor(path: str) -> FeatureExtractor:
+def _load_extractor(path: str, runtime: str) -> FeatureExtractor:
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     with safe_open(path, framework="pt") as handle:
         card = from_dict(ExtractorCard, json.loads(handle.metadata()["artistid.extractor"]))
     backbone = rebuild_backbone(card.backbone, card.preprocess, load_file(path))
-    return FeatureExtractor(backbone, precision=card.precision)  # type: ignore[arg-type]
+    return FeatureExtractor(backbone, precision=card.precision, runtime=runtime)  # type: ignore[arg-type]
 
 
 # Per executor Python process (Spark reuses them across tasks): the backbone or model of each shipped file.
@@ -181,8 +198,12 @@ def _loaded(job: _Job) -> FeatureExtractor | Model:
         context = TaskContext.get()
         torch.set_num_threads(max(1, context.cpus() if context is not None else 1))
         path = SparkFiles.get(job.file_name)
-        found = Model.load(path) if job.kind == "predictions" else _load_extractor(path)
+        if job.kind == "predictions":
+            found = Model.load(path, runtime=job.runtime, precision=job.precision)
+        else:
+            found = _load_extractor(path, job.runtime)
         extractor = found.extractor if isinstance(found, Model) else found
+        extractor.threads = max(1, context.cpus() if context is not None else 1)
         if extractor.identity() != job.identity:
             raise ArtistIdError(
                 f"{job.file_name}: the executor rebuilt {extractor.identity()!r} but the driver has {job.identity!r}; "
@@ -235,16 +256,23 @@ def _score_chunk(job: _Job, engine: FeatureExtractor | Model, chunk: pa.RecordBa
     features = extractor(np.stack(pixels)) if pixels else np.zeros((0, 0), np.float32)
     columns = dict(zip(chunk.schema.names, chunk.columns, strict=True))
     if isinstance(engine, Model):
-        probabilities = engine.probabilities(features)
-        artists: list[str | None] = [None] * len(paths)
-        for i, answer in zip(usable, engine.answers_for(features), strict=True):
-            artists[i] = answer.artist
-        columns[job.output_col] = pa.array(artists, pa.string())
-        columns[job.probability_col] = _vectors(probabilities, usable, len(paths), pa.float64())
+        columns.update(_answer_columns(job, engine, features, usable, len(paths)))
     else:
         columns[job.output_col] = _vectors(features, usable, len(paths), pa.float32())
     columns[job.error_col] = errors
     return pa.RecordBatch.from_pydict(columns)
+
+
+def _answer_columns(job: _Job, model: Model, features: np.ndarray, usable: list[int], n: int) -> dict[str, pa.Array]:
+    """The artist and the probabilities for the `usable` rows of `n` (nulls elsewhere), from their vectors."""
+    probabilities = model.probabilities(features)
+    artists: list[str | None] = [None] * n
+    for i, answer in zip(usable, model.answers_for(features), strict=True):
+        artists[i] = answer.artist
+    return {
+        job.output_col: pa.array(artists, pa.string()),
+        job.probability_col: _vectors(probabilities, usable, n, pa.float64()),
+    }
 
 
 def _score_partition(job: _Job, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -252,6 +280,22 @@ def _score_partition(job: _Job, batches: Iterator[pa.RecordBatch]) -> Iterator[p
     for batch in batches:
         for start in range(0, batch.num_rows, job.batch_size):
             yield _score_chunk(job, engine, batch.slice(start, job.batch_size))
+
+
+def _answer_partition(job: _Job, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Predictions from a `features` column (vectors from the feature store): the head only, no images read."""
+    model = _loaded(job)
+    if not isinstance(model, Model):
+        raise ArtistIdError(f"{job.file_name}: a predictions job needs a model file")
+    for batch in batches:
+        vectors = batch.column("features")
+        usable = [i for i, valid in enumerate(vectors.is_valid().to_pylist()) if valid]
+        rows = vectors.take(pa.array(usable, pa.int64())).to_pylist()
+        features = np.asarray(rows, dtype=np.float32) if rows else np.zeros((0, 0), np.float32)
+        columns = {name: batch.column(name) for name in batch.schema.names if name != "features"}
+        columns.update(_answer_columns(job, model, features, usable, batch.num_rows))
+        columns[job.error_col] = columns.pop(job.error_col)  # last, as in every output
+        yield pa.RecordBatch.from_pydict(columns)
 
 
 def _output_schema(job: _Job, input_schema: T.StructType) -> T.StructType:
@@ -273,6 +317,105 @@ def _score(frame: DataFrame, job: _Job) -> DataFrame:
     return frame.mapInArrow(functools.partial(_score_partition, job), _output_schema(job, frame.schema))
 
 
+# --- the feature store on the executors ---------------------------------------------------------------------------
+
+
+def _content_sha(path: str | None, storage_options: dict[str, Any] | None) -> str | None:
+    """The sha256 of a file's bytes; None for one that cannot be read (its scoring task will say why)."""
+    if not path:
+        return None
+    try:
+        return hashlib.sha256(storage.read_bytes(path, storage_options)).hexdigest()
+    except Exception:
+        return None
+
+
+def _hash_partition(
+    image_col: str, storage_options: dict[str, Any] | None, batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        paths = batch.column(image_col).to_pylist()
+        if all(storage.is_local(p) for p in paths if p):
+            shas = [_content_sha(p, storage_options) for p in paths]
+        else:
+            with ThreadPoolExecutor(max_workers=_REMOTE_READS) as pool:
+                shas = list(pool.map(lambda p: _content_sha(p, storage_options), paths))
+        yield pa.RecordBatch.from_arrays([*batch.columns, pa.array(shas, pa.string())], [*batch.schema.names, "sha"])
+
+
+def _read_parts(store: FeatureStore, identity: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        for uri in batch.column("part").to_pylist():
+            table = store.read_part(uri, identity)
+            if table is not None:
+                yield from table.to_batches()
+
+
+def _append_partition(store: FeatureStore, job: _Job, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Passes the scored rows on, then adds their vectors to the store as one part (a retried task adds a copy)."""
+    shas: list[str] = []
+    vectors: list[pa.Array] = []
+    for batch in batches:
+        ok = batch.filter(batch.column(job.error_col).is_null())
+        shas.extend(ok.column("sha").to_pylist())
+        vectors.append(ok.column(job.output_col))
+        yield batch.drop_columns(["sha"])
+    if shas:
+        data = part_bytes(job.identity, shas, pa.concat_arrays(vectors))
+        storage.write_bytes_atomic(store.new_part_uri(job.identity), data, store.storage_options)
+
+
+_PART_SCHEMA = T.StructType(
+    [T.StructField("sha", T.StringType()), T.StructField("features", T.ArrayType(T.FloatType()))]
+)
+
+
+def _stored_features(frame: DataFrame, job: _Job, store: FeatureStore, partitions: int | None) -> tuple[DataFrame, int]:
+    """(path, label, features, error) for `frame`, computing only the vectors `store` lacks; and how many it had.
+
+    The executors hash every file, the stored vectors are joined in by hash, and only the rest is decoded and run
+    through the backbone (those files are read twice); their vectors are added to the store as new parts. The
+    driver sees part names and counts, never vectors.
+    """
+    spark = frame.sparkSession
+    parts = store.part_uris(job.identity)
+    hashed = frame.mapInArrow(
+        functools.partial(_hash_partition, job.image_col, job.storage_options),
+        T.StructType([*frame.schema.fields, T.StructField("sha", T.StringType())]),
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    if parts:
+        names = spark.createDataFrame([(uri,) for uri in parts], "part string")
+        known = names.repartition(min(len(parts), _parallelism(spark))).mapInArrow(
+            functools.partial(_read_parts, store, job.identity), _PART_SCHEMA
+        )
+        marks = known.select("sha").distinct().withColumn("stored", F.lit(True))
+        flagged = hashed.join(marks, "sha", "left")
+    else:
+        known = None
+        flagged = hashed.withColumn("stored", F.lit(None).cast("boolean"))
+    counts = {row["stored"]: row["count"] for row in flagged.groupBy("stored").count().collect()}
+    reused, todo_count = counts.get(True, 0), counts.get(None, 0)
+    columns = list(frame.columns)
+    pieces = []
+    if todo_count:
+        todo = flagged.where(F.col("stored").isNull()).select(*columns, "sha")
+        todo = todo.repartition(partitions or default_partitions(spark, todo_count))
+        scored = _score(todo, job)
+        pieces.append(
+            scored.mapInArrow(
+                functools.partial(_append_partition, store, job),
+                T.StructType([f for f in scored.schema.fields if f.name != "sha"]),
+            )
+        )
+    if known is not None and reused:
+        hits = flagged.where(F.col("stored")).select(*columns, "sha").join(known.dropDuplicates(["sha"]), "sha")
+        pieces.append(hits.select(*columns, job.output_col, F.lit(None).cast("string").alias(job.error_col)))
+    result = pieces[0]
+    for piece in pieces[1:]:
+        result = result.unionByName(piece)
+    return result, int(reused)
+
+
 # --- the driver --------------------------------------------------------------------------------------------------
 
 
@@ -285,18 +428,27 @@ class SparkRun:
     errors: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     partitions: int = 0
+    reused: int = 0  # vectors taken from the feature store, not computed
+
+    @property
+    def featurized(self) -> int:
+        """Images whose vector this run computed."""
+        return self.images - self.reused
 
     def summary(self, done: str) -> str:
         """One line for people: `30 images featurized in 4.2 s (7 img/s, 2 partitions) -> out.parquet`."""
         rate = self.images / max(self.seconds, 1e-9)
+        reuse = f"; {self.featurized} featurized, {self.reused} reused" if self.reused else ""
         return (
-            f"{self.images} images {done} in {self.seconds:.1f} s ({rate:.1f} img/s, {self.partitions} partitions)"
-            f" -> {self.output}"
+            f"{self.images} images {done} in {self.seconds:.1f} s ({rate:.1f} img/s, {self.partitions} partitions"
+            f"{reuse}) -> {self.output}"
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "images": self.images,
+            "featurized": self.featurized,
+            "reused": self.reused,
             "skipped": len(self.errors),
             "seconds": round(self.seconds, 3),
             "partitions": self.partitions,
@@ -305,31 +457,51 @@ class SparkRun:
         }
 
 
+# Cores assumed behind a Spark Connect server, which does not tell its client (--partitions overrides).
+CONNECT_PARALLELISM = 8
+
+
+def _parallelism(spark: SparkSession) -> int:
+    if is_connect(spark):
+        return int(spark.conf.get("spark.default.parallelism", None) or CONNECT_PARALLELISM)
+    return int(spark.sparkContext.defaultParallelism)
+
+
 def default_partitions(spark: SparkSession, n_images: int) -> int:
     """Several partitions per core, so a slow partition (large scans) does not hold the others back."""
-    per_core = max(1, spark.sparkContext.defaultParallelism) * 4
+    per_core = max(1, _parallelism(spark)) * 4
     return max(1, min(math.ceil(n_images / 16), max(per_core, math.ceil(n_images / 512))))
 
 
+_SAMPLES_SCHEMA = T.StructType([T.StructField("path", T.StringType(), False), T.StructField("label", T.StringType())])
+
+
 def samples_frame(spark: SparkSession, samples: Sequence[Sample], partitions: int | None = None) -> DataFrame:
-    """A DataFrame (path, label) in the samples' order, cut into contiguous partitions."""
+    """A DataFrame (path, label) cut into `partitions` pieces (contiguous, in the samples' order, but on Connect)."""
     if not samples:
         raise ArtistIdError("no images to process")
     slices = partitions or default_partitions(spark, len(samples))
-    rows = spark.sparkContext.parallelize([(s.path, s.label) for s in samples], slices)
-    schema = T.StructType([T.StructField("path", T.StringType(), False), T.StructField("label", T.StringType())])
-    return spark.createDataFrame(rows, schema)
+    rows = [(s.path, s.label) for s in samples]
+    if is_connect(spark):  # no parallelize: the list travels to the server as one local relation
+        return spark.createDataFrame(rows, _SAMPLES_SCHEMA).repartition(slices)
+    return spark.createDataFrame(spark.sparkContext.parallelize(rows, slices), _SAMPLES_SCHEMA)
 
 
 def _ship(spark: SparkSession, file: Path, kind: Kind, identity: str, **options: Any) -> _Job:
-    context = spark.sparkContext
-    if not any(shipped.endswith(f"/{file.name}") for shipped in context.listFiles):
-        context.addFile(str(file))
+    if is_connect(spark):  # no addFile: an artifact of the session, which tasks find with SparkFiles.get too
+        spark.addArtifacts(str(file), file=True)
+    else:
+        context = spark.sparkContext
+        if not any(shipped.endswith(f"/{file.name}") for shipped in context.listFiles):
+            context.addFile(str(file))
     return _Job(kind=kind, file_name=file.name, identity=identity, **options)
 
 
 def _hadoop_write(spark: SparkSession, uri: str, data: bytes) -> None:
     """Writes a small file through Spark's own Hadoop file system, which can reach wherever Spark writes."""
+    if is_connect(spark):  # no JVM on this side: the client writes it with fsspec (abfss://, s3://, gs:// ...)
+        storage.write_bytes_atomic(uri, data)
+        return
     jvm = spark.sparkContext._jvm
     path = jvm.org.apache.hadoop.fs.Path(uri)  # type: ignore[union-attr]
     stream = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).create(path, True)
@@ -374,6 +546,22 @@ def _run_summary(spark: SparkSession, output: str, error_col: str, started: floa
     return SparkRun(output, total - len(errors), errors, time.perf_counter() - started, partitions)
 
 
+def _features_job(
+    spark: SparkSession, extractor: FeatureExtractor, storage_options: dict[str, Any] | None, batch_size: int
+) -> _Job:
+    file = _extractor_file(extractor)
+    return _ship(
+        spark,
+        file,
+        "features",
+        extractor.identity(),
+        batch_size=batch_size,
+        storage_options=storage_options,
+        runtime=extractor.runtime,
+        precision=extractor.precision,
+    )
+
+
 def featurize(
     samples: Sequence[Sample],
     extractor: FeatureExtractor,
@@ -383,22 +571,24 @@ def featurize(
     storage_options: dict[str, Any] | None = None,
     partitions: int | None = None,
     batch_size: int = 16,
+    store: FeatureStore | None = None,
 ) -> SparkRun:
-    """Writes a features Parquet folder (path, label, features, error) that `FeatureSet.from_parquet` reads."""
+    """Writes a features Parquet folder (path, label, features, error) that `FeatureSet.from_parquet` reads.
+
+    With a `store`, only the images it lacks are decoded and run through the backbone, and their vectors are added.
+    """
     started = time.perf_counter()
-    identity = extractor.identity()
-    job = _ship(
-        spark,
-        _extractor_file(extractor),
-        "features",
-        identity,
-        batch_size=batch_size,
-        storage_options=storage_options,
-    )
-    frame = samples_frame(spark, samples, partitions)
-    info = {"kind": "features", "artistid.identity": identity}
-    _write(_score(frame, job), output, info)
-    return _run_summary(spark, output, job.error_col, started, frame.rdd.getNumPartitions())
+    slices = partitions or default_partitions(spark, len(samples))
+    job = _features_job(spark, extractor, storage_options, batch_size)
+    frame = samples_frame(spark, samples, slices)
+    info = {"kind": "features", "artistid.identity": job.identity}
+    reused = 0
+    if store is None:
+        features = _score(frame, job)
+    else:
+        features, reused = _stored_features(frame, job, store, partitions)
+    _write(features, output, info)
+    return replace(_run_summary(spark, output, job.error_col, started, slices), reused=reused)
 
 
 def _model_job(
@@ -407,6 +597,7 @@ def _model_job(
     model = Model.load(model_uri, storage_options)  # checks the file and gives the artists' names
     staged = _stage(storage.read_bytes(model_uri, storage_options), "model")
     options.setdefault("output_col", "artist")
+    options.update(runtime=model.extractor.runtime, precision=model.extractor.precision)
     job = _ship(spark, staged, "predictions", model.extractor.identity(), storage_options=storage_options, **options)
     return model, job
 
@@ -420,14 +611,29 @@ def predict(
     storage_options: dict[str, Any] | None = None,
     partitions: int | None = None,
     batch_size: int = 16,
+    store: FeatureStore | None = None,
 ) -> SparkRun:
     """Writes a predictions Parquet folder: path, label, artist, probabilities (order of `classes`), error."""
     started = time.perf_counter()
+    slices = partitions or default_partitions(spark, len(samples))
     model, job = _model_job(spark, model_uri, storage_options, batch_size=batch_size)
-    frame = samples_frame(spark, samples, partitions)
     info = {"kind": "predictions", "model": str(model_uri), "classes": list(model.card.classes)}
-    _write(_score(frame, job), output, info)
-    return _run_summary(spark, output, job.error_col, started, frame.rdd.getNumPartitions())
+    scored, reused = _predictions(samples_frame(spark, samples, slices), model, job, store, partitions)
+    _write(scored, output, info)
+    return replace(_run_summary(spark, output, job.error_col, started, slices), reused=reused)
+
+
+def _predictions(
+    frame: DataFrame, model: Model, job: _Job, store: FeatureStore | None, partitions: int | None
+) -> tuple[DataFrame, int]:
+    """Predictions for the images of `frame`: from their pixels, or with a store from the vectors it keeps."""
+    if store is None:
+        return _score(frame, job), 0
+    spark = frame.sparkSession
+    features_job = _features_job(spark, model.extractor, job.storage_options, job.batch_size)
+    features, reused = _stored_features(frame, features_job, store, partitions)
+    answers = T.StructType([f for f in _output_schema(job, features.schema).fields if f.name != "features"])
+    return features.mapInArrow(functools.partial(_answer_partition, job), answers), reused
 
 
 def evaluate(
@@ -438,10 +644,11 @@ def evaluate(
     storage_options: dict[str, Any] | None = None,
     partitions: int | None = None,
     batch_size: int = 16,
+    store: FeatureStore | None = None,
 ) -> Evaluation:
     """The local engine's `Evaluation`, with the images scored on the executors (only probabilities come back)."""
     model, job = _model_job(spark, model_uri, storage_options, batch_size=batch_size)
-    scored = _score(samples_frame(spark, samples, partitions), job)
+    scored, _ = _predictions(samples_frame(spark, samples, partitions), model, job, store, partitions)
     rows = scored.select("path", "label", job.output_col, job.probability_col, job.error_col).collect()
     ok = [r for r in rows if r[job.error_col] is None]
     skipped = [(r["path"], r[job.error_col]) for r in rows if r[job.error_col] is not None]
@@ -522,6 +729,8 @@ class ArtistFeaturizer(Transformer, _ImageParams):
             error_col=self.getOrDefault(self.errorCol),
             batch_size=self.getOrDefault(self.batchSize),
             storage_options=self._storage_options(),
+            runtime=self.extractor.runtime,
+            precision=self.extractor.precision,
         )
         return _score(dataset, job)
 

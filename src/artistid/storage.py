@@ -243,16 +243,19 @@ def write_bytes_atomic(
         target.parent.mkdir(parents=True, exist_ok=True)
         # Not tempfile.mkstemp, whose file is private (0600): the result is an ordinary file, 0666 less the umask.
         temporary = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         try:
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, target)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            try:
+                with os.fdopen(descriptor, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temporary, target)
+            except BaseException:
+                temporary.unlink(missing_ok=True)
+                raise
+        except OSError as exc:  # a full disk, say: named by the file the user asked for, not the temporary one
+            raise OSError(exc.errno, exc.strerror or str(exc), str(uri)) from None
         return
     fs, path = url_to_fs(uri, storage_options)
 

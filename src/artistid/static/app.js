@@ -10,6 +10,20 @@ let canExplain = false;
 // The painting on show: its file, the object URLs of the picture and its heat map, and its prediction. Replies are
 // checked against it after every wait, so a slow answer about an earlier painting never lands on a later one.
 let current = null;
+// The API key, where the service needs one: asked for on its first 401, kept for this tab only.
+let apiKey = sessionStorage.getItem("artistid-api-key") || "";
+
+function callService(url, options = {}) {
+  const headers = apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
+  return fetch(url, { ...options, headers });
+}
+
+function askForKey(message) {
+  $("key-form").hidden = false;
+  $("key-error").textContent = message;
+  $("key-error").hidden = !message;
+  $("key").focus();
+}
 
 async function errorMessage(response) {
   // The service answers {"detail": "..."}; a proxy in front of it may answer with HTML or plain text.
@@ -25,8 +39,13 @@ async function errorMessage(response) {
 
 async function loadModel() {
   try {
-    const response = await fetch("/v1/model");
+    const response = await callService("/v1/model");
+    if (response.status === 401) {
+      askForKey(apiKey ? "The service refused that key." : "");
+      return;
+    }
     if (!response.ok) throw new Error(await errorMessage(response));
+    $("key-form").hidden = true;
     const info = await response.json();
     classes = info.classes;
     threshold = info.threshold;
@@ -116,7 +135,8 @@ async function toggleExplanation() {
       const form = new FormData();
       form.append("file", shown.file, shown.file.name);
       const artist = encodeURIComponent(shown.prediction.top_k[0].artist);
-      const response = await fetch(`/v1/explain?artist=${artist}`, { method: "POST", body: form });
+      const response = await callService(`/v1/explain?artist=${artist}`, { method: "POST", body: form });
+      if (response.status === 401) askForKey("The service refused that key.");
       if (response.ok) {
         const heat = URL.createObjectURL(await response.blob());
         if (current === shown) shown.heat = heat;
@@ -162,7 +182,8 @@ async function identify(file) {
   form.append("files", file, file.name);
   try {
     // Every artist's bar: the service lists no more than the model knows.
-    const response = await fetch(`/v1/predict?top_k=${classes.length || 1000}`, { method: "POST", body: form });
+    const response = await callService(`/v1/predict?top_k=${classes.length || 1000}`, { method: "POST", body: form });
+    if (response.status === 401) askForKey("The service refused that key.");
     const failure = response.ok ? null : await errorMessage(response);
     const body = response.ok ? await response.json() : null;
     if (current !== shown) return;
@@ -187,6 +208,12 @@ function setup() {
   const drop = $("drop");
   const preview = $("preview");
   $("explain").addEventListener("click", toggleExplanation);
+  $("key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    apiKey = $("key").value.trim();
+    sessionStorage.setItem("artistid-api-key", apiKey);
+    loadModel();
+  });
   // Browsers show few formats (TIFF, say, not at all) that the model reads; say so rather than show a blank.
   preview.addEventListener("error", () => {
     if (!current || preview.hidden || !$("prompt").hidden) return;

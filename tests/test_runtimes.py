@@ -1,0 +1,186 @@
+"""Runtimes and precision: which engine runs the backbone, in which arithmetic, and what the cache keys say.
+
+The features of PyTorch, ONNX Runtime and OpenVINO agree within a stated tolerance (fp32: cosine >= 0.9999 and a
+largest difference under 1e-3 of the largest feature; OpenVINO bf16: cosine >= 0.999); bf16 is used only where the
+hardware has it; `--runtime auto` is a measured choice, remembered per machine; a warm run builds no network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from artistid import runtimes
+from artistid.backbones import create_backbone
+from artistid.datasets import Sample, load_split
+from artistid.features import FeatureCache, FeatureExtractor, featurize
+from artistid.model import Model
+from artistid.model_file import read_card
+from artistid.runtimes import Machine, candidates, choose_engine
+from artistid.train import STANDARD_FEATURE_NODES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+REAL_MACHINE = runtimes.machine()
+
+
+def _machine(**flags: bool) -> Machine:
+    return replace(REAL_MACHINE, **{"bf16": False, "amx": False, "cuda": False, **flags})
+
+
+@pytest.fixture
+def no_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtimes, "machine", lambda: _machine())
+
+
+@pytest.fixture(scope="module")
+def style_backbone():
+    return create_backbone("efficientnet_lite0", feature_nodes=STANDARD_FEATURE_NODES, pooling="meanstd")
+
+
+@pytest.fixture(scope="module")
+def few_paintings(demo_data: Path) -> list[Sample]:
+    samples, _ = load_split(str(demo_data / "Test"))
+    return samples[::10]  # six paintings, two per artist
+
+
+def test_machine_reads_the_cpu_flags_without_torch() -> None:
+    code = "import sys; sys.modules['torch'] = None; from artistid.runtimes import machine; print(machine().describe())"
+    described = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].splitlines()[0].split()
+    assert ("avx2" in described.split("lacks")[0]) == ("avx2" in flags)
+    assert ("bf16" in described.split("lacks")[0]) == bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def test_bf16_is_a_candidate_only_where_the_hardware_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtimes, "machine", lambda: _machine())
+    assert {p for _, p in candidates("auto", "auto")} == {"fp32"}
+    assert candidates("torch", "auto") == [("torch", "fp32")]
+    monkeypatch.setattr(runtimes, "machine", lambda: _machine(bf16=True, amx=True))
+    pairs = candidates("auto", "auto")
+    assert ("openvino", "bf16") in pairs and ("torch", "bf16") in pairs
+    assert ("onnx", "bf16") not in pairs  # ONNX Runtime's CPU kernels are fp32 only
+    assert candidates("auto", "fp32") == [(r, "fp32") for r in runtimes.available_runtimes()]
+    assert candidates("onnx", "bf16") == [("onnx", "fp32")]
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        candidates("tensorrt", "auto")
+
+
+def test_auto_runtime_is_measured_once_per_machine_and_remembered(
+    style_backbone, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtimes, "machine", lambda: _machine())
+    speeds = {"torch": 40.0, "onnx": 90.0, "openvino": 120.0}
+    measured: list[str] = []
+
+    def measure(runtime: str, precision: str, give_up_below: float) -> float:
+        measured.append(runtime)
+        return speeds[runtime]
+
+    assert choose_engine("auto", "auto", style_backbone, cache_dir=tmp_path, measure=measure) == ("openvino", "fp32")
+    assert set(measured) == {"torch", "onnx", "openvino"}
+    record = next(iter(json.loads((tmp_path / "runtimes.json").read_text()).values()))
+    assert record["images_per_second"] == {"onnx/fp32": 90.0, "openvino/fp32": 120.0, "torch/fp32": 40.0}
+
+    measured.clear()  # the same machine and backbone: read back, not measured again
+    assert choose_engine("auto", "auto", style_backbone, cache_dir=tmp_path, measure=measure) == ("openvino", "fp32")
+    assert measured == []
+    # Another machine (here: one with native bf16) measures afresh, and bf16 may win where it is faster.
+    monkeypatch.setattr(runtimes, "machine", lambda: _machine(bf16=True, amx=True))
+    speeds_bf16 = {("openvino", "bf16"): 300.0, ("torch", "bf16"): 150.0}
+    choice = choose_engine(
+        "auto", "auto", style_backbone, cache_dir=tmp_path, measure=lambda r, p, _: speeds_bf16.get((r, p), speeds[r])
+    )
+    assert choice == ("openvino", "bf16")
+    # bf16 rounds the features: a probe barely faster than fp32 (noise on a busy machine) does not choose it.
+    monkeypatch.setattr(runtimes, "machine", lambda: _machine(bf16=True))
+    barely = {("openvino", "bf16"): 130.0, ("torch", "bf16"): 10.0}
+    choice = choose_engine(
+        "auto", "auto", style_backbone, cache_dir=tmp_path, measure=lambda r, p, _: barely.get((r, p), speeds[r])
+    )
+    assert choice == ("openvino", "fp32")
+    # A runtime named is used as named, with no probe.
+    assert choose_engine("onnx", "auto", style_backbone, cache_dir=tmp_path, measure=measure) == ("onnx", "fp32")
+    assert measured == []
+
+
+def test_runtimes_give_the_same_features_within_tolerance(style_backbone, few_paintings: list[Sample]) -> None:
+    features = {}
+    for runtime, precision in (("torch", "fp32"), ("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")):
+        extractor = FeatureExtractor(style_backbone, runtime=runtime, precision=precision)  # type: ignore[arg-type]
+        assert (extractor.runtime, extractor.precision) == (runtime, precision)
+        features[runtime, precision] = featurize(few_paintings, extractor, workers=0, progress=False).features
+    reference = features["torch", "fp32"]
+    scale = np.abs(reference).max()
+    for (runtime, precision), vectors in features.items():
+        cosine = (reference * vectors).sum(1) / np.linalg.norm(reference, axis=1) / np.linalg.norm(vectors, axis=1)
+        if precision == "fp32":
+            assert cosine.min() >= 0.9999 and np.abs(vectors - reference).max() <= 1e-3 * scale, runtime
+        else:
+            assert cosine.min() >= 0.999, runtime
+
+
+def test_cache_keys_name_the_runtime_and_precision_and_a_warm_run_builds_nothing(
+    few_paintings: list[Sample], tmp_path: Path
+) -> None:
+    identities = set()
+    with FeatureCache(tmp_path / "cache") as cache:
+        for runtime in ("torch", "onnx"):
+            extractor = FeatureExtractor(create_backbone("efficientnet_lite0"), runtime=runtime, precision="fp32")
+            identities.add(extractor.identity())
+            assert extractor.identity().endswith(f"/{runtime}/fp32")
+            cold = featurize(few_paintings, extractor, cache=cache, workers=0, progress=False)
+        # Each runtime's vectors were computed and stored under its own key, not served for the other.
+        keys = [FeatureCache.key(sha, identity) for sha in _hashes(cache, few_paintings) for identity in identities]
+        assert len(cache.get_many(keys)) == 2 * len(few_paintings)
+        backbone = create_backbone("efficientnet_lite0")
+        warm = featurize(few_paintings, FeatureExtractor(backbone, runtime="onnx", precision="fp32"), cache=cache)
+    assert len(identities) == 2
+    assert not backbone.built  # every vector came from the cache: no network was built
+    np.testing.assert_array_equal(warm.features, cold.features)
+
+
+def _hashes(cache: FeatureCache, samples: list[Sample]) -> list[str]:
+    known = cache.known_hashes([s.path for s in samples])
+    return [known[s.path] for s in samples]
+
+
+def test_warm_featurize_never_imports_torch(demo_data: Path, tmp_path: Path) -> None:
+    for artist in ("Claude_Monet", "Rembrandt"):
+        (tmp_path / "data" / artist).mkdir(parents=True)
+        for image in sorted((demo_data / "Train" / artist).glob("*.jpg"))[:3]:
+            shutil.copy(image, tmp_path / "data" / artist)
+    command = ["featurize", str(tmp_path / "data"), "-o", str(tmp_path / "f.parquet"), "--cache-dir", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    cold = subprocess.run([sys.executable, "-m", "artistid.cli", *command, "--json"], capture_output=True, env=env)
+    assert cold.returncode == 0, cold.stderr
+    without_torch = "import sys; sys.modules['torch'] = None; from artistid.cli import main; main()"
+    warm = subprocess.run(
+        [sys.executable, "-c", without_torch, *command, "--json"], capture_output=True, text=True, env=env
+    )
+    assert warm.returncode == 0, warm.stderr
+    assert json.loads(warm.stdout)["images"] == 6
+
+
+def test_a_model_trained_in_bf16_runs_in_fp32_where_bf16_is_not_native(
+    demo_model: Model, tmp_path: Path, no_native_bf16: None
+) -> None:
+    recorded = demo_model.card
+    demo_model.card = replace(recorded, precision="bf16")  # as a machine with AMX writes it
+    path = tmp_path / "bf16.safetensors"
+    try:
+        demo_model.save(path)
+    finally:
+        demo_model.card = recorded
+    assert read_card(path).precision == "bf16"
+    assert Model.load(path).extractor.precision == "fp32"
+    assert Model.load(path, runtime="torch").extractor.precision == "fp32"
