@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: setup test-deps demo test lint bench bench-train bench-results bench-recipes bench-int8 bench-serve bench-storage bench-spark clean
+.PHONY: setup test-deps demo test lint bench bench-train bench-results bench-refusals bench-recipes bench-int8 bench-serve bench-storage bench-spark clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,9 @@ bench-train: setup
 
 bench-results: setup
 	$(BIN)/python bench/results.py
+
+bench-refusals: setup
+	$(BIN)/python bench/refusals.py
 
 bench-recipes: setup
 	$(BIN)/python bench/recipes.py

@@ -27,7 +27,7 @@ def test_exported_model_matches_pytorch_fp32_on_other_paintings(demo_onnx_path: 
     files = sorted(p for p in (demo_data / "Train").rglob("*.jpg"))[::7]
     pixels = np.stack([load_image(f, demo_model.preprocess) for f in files])
     with torch.inference_mode():
-        expected = pipeline_module(demo_model)(torch.from_numpy(pixels)).numpy()
+        expected = pipeline_module(demo_model)(torch.from_numpy(pixels))[0].numpy()
     actual = onnx_model.predict_pixels(pixels)
     assert actual.shape == (len(files), 3)
     assert np.abs(actual - expected).max() <= 1e-4
@@ -53,7 +53,10 @@ def test_metadata_says_how_to_use_the_graph(demo_onnx_path: Path, demo_model, de
     assert meta["source_model"]["name"] == demo_model_path.name
     assert 0 <= meta["parity"]["max_abs_diff"] <= 1e-4 and meta["parity"]["images"] == 16
     graph = onnx.load(demo_onnx_path).graph
-    assert [i.name for i in graph.input] == ["pixels"] and [o.name for o in graph.output] == ["probabilities"]
+    # The "not a painting" gate travels as a second output (a model trained with --others adds "other_score").
+    outputs = [o.name for o in graph.output]
+    assert [i.name for i in graph.input] == ["pixels"] and outputs == ["probabilities", "painting_score"]
+    assert card.refusals["not_a_painting"]["threshold"] == demo_model.card.rules.painting_threshold
 
 
 def test_export_refuses_a_graph_that_disagrees_with_pytorch(demo_model_path: Path, tmp_path: Path, monkeypatch) -> None:

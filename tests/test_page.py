@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import DATASETS
 from conftest_serve import Server
 
 pytestmark = pytest.mark.timeout(300)
@@ -185,13 +186,27 @@ def test_a_refusal_is_said_so_with_the_closest_artist(
     page.set_input_files("#file", str(painting))
     page.locator("#artist").wait_for(state="visible", timeout=30_000)
     if refusal == "unknown":
-        assert page.locator("#artist").inner_text() == "an artist the model does not know"
+        assert page.locator("#artist").inner_text() == "Not one of the artists I know"
         assert page.locator("#confidence").inner_text() == (
             f"closest: Rembrandt at 41.0%, under the {threshold * 100:.1f}% it needs to name an artist"
         )
     else:
-        assert page.locator("#artist").inner_text() == "not a painting"
+        assert page.locator("#artist").inner_text() == "This does not look like a painting"
         assert page.locator("#confidence").inner_text() == "closest artist: Rembrandt at 41.0%"
+    page.close()
+
+
+def test_a_photo_is_said_not_to_be_a_painting(browser, onnx_server: Server) -> None:
+    photos = sorted((DATASETS / "photos").glob("*.jpg"))[:1]
+    if not photos:
+        pytest.skip(f"everyday photos not found at {DATASETS / 'photos'}")
+    page = open_page(browser, onnx_server)
+    page.set_input_files("#file", str(photos[0]))
+    artist = page.locator("#artist")
+    artist.wait_for(state="visible", timeout=30_000)
+    assert artist.inner_text() == "This does not look like a painting"
+    assert artist.get_attribute("data-artist") == "not_a_painting"
+    assert page.locator("#confidence").inner_text().startswith("closest artist: ")
     page.close()
 
 

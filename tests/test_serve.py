@@ -238,7 +238,7 @@ def test_onnx_server_runs_without_torch_and_matches_pytorch_fp32(
     body = post(onnx_server, *[(f.name, f.read_bytes()) for f in files]).json()
     pixels = np.stack([load_image(f, demo_model.preprocess) for f in files])
     with torch.inference_mode():
-        expected = pipeline_module(demo_model)(torch.from_numpy(pixels)).numpy()
+        expected = pipeline_module(demo_model)(torch.from_numpy(pixels))[0].numpy()
     classes = info["classes"]
     for prediction, row in zip(body["predictions"], expected, strict=True):
         assert prediction["artist"] == classes[int(row.argmax())]

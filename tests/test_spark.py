@@ -165,7 +165,7 @@ def test_predict_cli_names_the_same_artists_as_the_local_engine(
     model = Model.load(demo_model_path)  # the default precision, as the model file says
     local = model.features_for(load_dataset(str(paintings)).samples, workers=0, progress=False)
     probabilities = model.probabilities(local.features)
-    answers = model.card.decide(probabilities)
+    answers = model.answers_for(local.features)
     for path, row, answer in zip(local.paths, probabilities, answers, strict=True):
         assert predicted[path]["artist"] == answer.artist, path
         assert predicted[path]["error"] is None

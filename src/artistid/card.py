@@ -152,6 +152,9 @@ class ModelCard:
     training: TrainingCard | None = None
     metrics: Metrics | None = None
     versions: LibraryVersions = LibraryVersions()
+    # How each refusal's score is computed and its threshold chosen (`artistid.refusals.RefusalGates.describe`);
+    # the thresholds in force are `calibration.rules`.
+    refusals: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rules(self) -> RefusalRules:

@@ -362,6 +362,14 @@ def train(
         ),
     ],
     output: Annotated[str, typer.Option("--output", "-o", help="Model file to write (a storage URI works too).")],
+    others: Annotated[
+        str | None,
+        typer.Option(
+            "--others",
+            help="Paintings by painters who are none of the artists (artist folders or loose files, a map file, "
+            "a storage URI): the model learns to answer 'unknown' for paintings that look like theirs.",
+        ),
+    ] = None,
     preset: Annotated[
         str,
         typer.Option(
@@ -415,6 +423,18 @@ def train(
         float | None,
         typer.Option(help="Share of known-artist paintings the 'unknown' threshold may reject (validation) [0.02]."),
     ] = None,
+    painting_false_rejection: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=0.5, help="Share of training paintings the 'not a painting' gate may refuse [0.01]."),
+    ] = None,
+    other_false_rejection: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=0.5, help="Share of known-artist paintings --others may refuse [0.01]."),
+    ] = None,
+    photographed: Annotated[
+        int | None,
+        typer.Option(min=0, help="Training paintings photographed in frames for the 'not a painting' gate [300]."),
+    ] = None,
     min_accuracy: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="Exit with status 3 if test accuracy is below (0-1).")
     ] = None,
@@ -435,7 +455,7 @@ def train(
     from artistid import report
     from artistid import train as training
     from artistid.card import to_dict
-    from artistid.datasets import Dataset, load_dataset
+    from artistid.datasets import Dataset, load_dataset, load_split
     from artistid.evaluate import evaluate, format_report
     from artistid.features import FeatureSet
 
@@ -464,6 +484,9 @@ def train(
         standardize=standardize,
         calibration_folds=calibration_folds,
         false_rejection=false_rejection,
+        painting_false_rejection=painting_false_rejection,
+        other_false_rejection=other_false_rejection,
+        photographed=photographed,
     )
     settings.check()
     _check_output(output)
@@ -471,12 +494,17 @@ def train(
     cache = _cache(cache_dir, no_cache)
     store = _store(feature_store, options)
     from_features = data.endswith(".parquet")
+    if from_features and others:
+        raise ArtistIdError("--others needs the images: train from the dataset folder, not a features Parquet")
     dataset = Dataset(root=data, train=[]) if from_features else load_dataset(data, options)
+    other_samples = load_split(others, options)[0] if others else []
+    if others and not other_samples:
+        raise ArtistIdError(f"{others}: no images found for --others")
 
     model = None
     if not force and not from_features:
-        labelled = [s for s in dataset.train if s.label is not None]
-        model = training.reusable_model(output, training.data_fingerprint(labelled, settings), options)
+        fingerprint = training.training_fingerprint(dataset.train, other_samples, settings)
+        model = training.reusable_model(output, fingerprint, options)
         if model is not None:
             say(f"reusing {output}: it was trained from the same Train/ and settings (--force retrains)")
     result = None
@@ -488,6 +516,7 @@ def train(
             result = training.train(
                 dataset.train,
                 settings,
+                others=other_samples,
                 cache=cache,
                 workers=workers,
                 storage_options=options,
@@ -688,7 +717,7 @@ def predict(
     )
     if store is not None:  # --json prints the predictions themselves: the counts go to stderr
         typer.echo(f"{features.featurized} featurized, {features.reused} reused (feature store)", err=True)
-    answers = model.card.decide(model.probabilities(features.features), top_k=top_k)
+    answers = model.answers_for(features.features, top_k=top_k)
     records = report.predict_records(samples, features.paths, answers, features.errors)
     if as_json:
         _print_json(records)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from artistid import storage
-from artistid.answers import Answer, RefusalRules
+from artistid.answers import NOT_A_PAINTING, REFUSALS, UNKNOWN, Answer, RefusalRules
 from artistid.calibration import coverage_curve, expected_calibration_error
 from artistid.card import Metrics, from_dict
 from artistid.datasets import Sample
@@ -92,6 +92,11 @@ def _rejection_metrics(
         result["unknown_rejection_rate"] = float(np.mean(unknown_refused)) if len(unknown_refused) else None
         answered = ~known_refused
         result["accuracy_answered"] = float(np.mean(correct[answered])) if answered.any() else None
+        kinds = np.array([answer.refusal or "" for answer in answers], dtype=object)
+        result["refusals"] = {
+            "known": {kind: int(np.sum(kinds[known] == kind)) for kind in REFUSALS},
+            "unknown": {kind: int(np.sum(kinds[~known] == kind)) for kind in REFUSALS},
+        }
     return result
 
 
@@ -169,7 +174,8 @@ def evaluate(
         samples, cache=cache, workers=workers, storage_options=storage_options, progress=progress, store=store
     )
     probabilities = model.probabilities(features.features)
-    return score_predictions(model, features.paths, features.labels, probabilities, features.errors)
+    answers = model.answers_for(features.features)
+    return score_predictions(model, features.paths, features.labels, probabilities, features.errors, answers)
 
 
 def score_predictions(
@@ -178,12 +184,18 @@ def score_predictions(
     labels: list[str | None],
     probabilities: np.ndarray,
     skipped: list[tuple[str, str]],
+    answers: list[Answer] | None = None,
 ) -> Evaluation:
-    """The evaluation of probabilities computed anywhere (here, or on Spark's executors) against the true labels."""
+    """The evaluation of probabilities computed anywhere (here, or on Spark's executors) against the true labels.
+
+    `answers`: as decided where the refusal scores were known (`Model.answers_for`); without them, the
+    probabilities alone decide (no "not a painting", no --others).
+    """
     classes = list(model.card.classes)
     truths = [label if label in classes else None for label in labels]
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(paths), len(classes))
-    answers = model.card.decide(probabilities)
+    if answers is None:
+        answers = model.card.decide(probabilities)
     metrics = _metrics(classes, truths, probabilities, answers, skipped, model.card.rules)
     return Evaluation(classes, paths, truths, probabilities, answers, metrics, model.card.rules)
 
@@ -223,6 +235,13 @@ def format_report(evaluation: Evaluation) -> str:
         if m["unknown_rejection_rate"] is not None:
             rates.append(f"{m['unknown_rejection_rate']:.1%} of other artists' images rejected")
         lines.append(f"'unknown' below probability {m['threshold']:.2f}: " + ", ".join(rates))
+    if m.get("refusals"):
+        counts = m["refusals"]
+        lines.append(
+            "refused as not a painting / unknown: "
+            f"known artists {counts['known'][NOT_A_PAINTING]} / {counts['known'][UNKNOWN]}, "
+            f"other artists {counts['unknown'][NOT_A_PAINTING]} / {counts['unknown'][UNKNOWN]}"
+        )
     if m["skipped"]:
         lines.append(f"skipped {len(m['skipped'])} unusable files:")
         lines.extend(f"  {s['reason']}" for s in m["skipped"])

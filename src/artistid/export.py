@@ -35,7 +35,9 @@ from artistid.onnx_model import (
     METADATA_KEY,
     ONNX_FORMAT,
     ONNX_FORMAT_VERSION,
+    OTHER_SCORE_NAME,
     OUTPUT_NAME,
+    PAINTING_SCORE_NAME,
     OnnxModel,
 )
 from artistid.runtimes import trace_to_onnx
@@ -71,7 +73,8 @@ class ExportReport:
 
 
 def pipeline_module(model: Model) -> nn.Module:
-    """The model's forward module (fp32) with the graph's one output: uint8 NHWC pixels -> probabilities."""
+    """The model's forward module (fp32) with the graph's outputs: uint8 NHWC pixels -> probabilities, then the
+    refusal gates' scores."""
     import torch
     from torch import nn
 
@@ -79,9 +82,32 @@ def pipeline_module(model: Model) -> nn.Module:
         def __init__(self) -> None:
             super().__init__()
             self.model = model.torch_module()
+            # The refusal gates travel inside the graph as extra outputs (artistid.refusals scores the same way).
+            painting, other = model.gates.painting, model.gates.other
+            self.reference: torch.Tensor
+            self.other_weight: torch.Tensor
+            self.other_bias: torch.Tensor
+            self.other_mask: torch.Tensor
+            self.neighbours = 0 if painting is None else max(1, min(painting.neighbours, len(painting.reference)))
+            if painting is not None:
+                self.register_buffer("reference", torch.as_tensor(painting.reference, dtype=torch.float32))
+            self.has_other = other is not None
+            if other is not None:
+                self.register_buffer("other_weight", torch.as_tensor(other.weight, dtype=torch.float32))
+                self.register_buffer("other_bias", torch.as_tensor(other.bias, dtype=torch.float32))
+                self.register_buffer("other_mask", torch.as_tensor(other.other, dtype=torch.float32))
 
-        def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-            return self.model(pixels).probabilities
+        def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            outputs = self.model(pixels)
+            features = outputs.features.float()
+            found = [outputs.probabilities]
+            if self.neighbours:
+                unit = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                found.append(torch.topk(unit @ self.reference.T, self.neighbours, dim=1).values.mean(dim=1))
+            if self.has_other:
+                others = torch.softmax(features @ self.other_weight.T + self.other_bias, dim=1)
+                found.append((others * self.other_mask).sum(dim=1))
+            return tuple(found)
 
     return Pipeline().eval()
 
@@ -114,7 +140,7 @@ def _fp32_reference(model: Model, pixels: np.ndarray) -> tuple[np.ndarray, np.nd
 
     pipeline = pipeline_module(model)
     with torch.inference_mode():
-        probabilities = pipeline(torch.from_numpy(pixels)).numpy()
+        probabilities = pipeline(torch.from_numpy(pixels))[0].numpy()
         features = model.backbone(model.extractor.to_input(pixels)).float().cpu().numpy()
     return probabilities, model.probabilities(features)
 
@@ -163,6 +189,15 @@ def _metadata(model: Model, source: str | None, pixels_checked: int) -> dict[str
     }
 
 
+def _output_names(model: Model) -> list[str]:
+    names = [OUTPUT_NAME]
+    if model.gates.painting is not None:
+        names.append(PAINTING_SCORE_NAME)
+    if model.gates.other is not None:
+        names.append(OTHER_SCORE_NAME)
+    return names
+
+
 def export_onnx(
     model: Model,
     output: str | Path,
@@ -187,7 +222,7 @@ def export_onnx(
     metadata = _metadata(model, source, len(pixels))
     with tempfile.TemporaryDirectory(prefix="artistid-export-") as scratch:
         traced = Path(scratch) / output.name
-        trace_to_onnx(pipeline_module(model), pixels[:2], str(traced), INPUT_NAME, OUTPUT_NAME)
+        trace_to_onnx(pipeline_module(model), pixels[:2], str(traced), INPUT_NAME, _output_names(model))
         graph = onnx.load(traced)
         onnx.checker.check_model(graph)
         onnx.helper.set_model_props(graph, {METADATA_KEY: json.dumps(metadata)})

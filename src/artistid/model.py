@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from artistid.answers import NOT_A_PAINTING, UNKNOWN, Answer
+from artistid.answers import NOT_A_PAINTING, UNKNOWN, Answer, RefusalRules
 from artistid.backbones import Backbone, rebuild_backbone
 from artistid.calibration import softmax
 from artistid.card import CalibrationCard, HeadCard, LibraryVersions, Metrics, ModelCard, TrainingCard
@@ -31,6 +31,7 @@ from artistid.features import FeatureCache, FeatureExtractor, FeatureSet, featur
 from artistid.head import ArtistHead
 from artistid.images import Preprocess, load_image
 from artistid.model_file import read_model_file, write_model_file
+from artistid.refusals import RefusalGates
 from artistid.runtimes import backbone_state
 
 if TYPE_CHECKING:
@@ -69,9 +70,11 @@ class Model:
         training: TrainingCard | None = None,
         metrics: Metrics | None = None,
         versions: LibraryVersions | None = None,
+        gates: RefusalGates | None = None,
     ) -> None:
         self.backbone = backbone
         self.head = head
+        self.gates = gates or RefusalGates()
         # The runtime and precision of this process: chosen for this machine, whatever the model was trained with.
         self.extractor = extractor or FeatureExtractor(backbone, precision=precision, runtime=runtime)  # type: ignore[arg-type]
         self.card = ModelCard(
@@ -84,6 +87,7 @@ class Model:
             training=training,
             metrics=metrics,
             versions=versions or library_versions(),
+            refusals=self.gates.describe(),
         )
 
     # --- what it knows -----------------------------------------------------------------------------------------
@@ -143,7 +147,20 @@ class Model:
 
     def answer(self, images: Sequence[ImageInput] | ImageInput, *, top_k: int = 1) -> list[Answer]:
         """What artistid says about each image: the artist or a refusal, the closest artist and the top-k."""
-        return self.card.decide(self.predict_proba(images), top_k=top_k)
+        return self.answers_for(self.features(_as_list(images)), top_k=top_k)
+
+    def answers_for(self, features: np.ndarray, *, top_k: int = 1, rules: RefusalRules | None = None) -> list[Answer]:
+        """What the model answers for feature vectors: the artist, or a refusal with its own score behind it.
+
+        `rules` replaces the card's refusal rules (to move a threshold) for this call.
+        """
+        painting_scores, other_scores = self.gates.scores(features)
+        card = (
+            self.card if rules is None else replace(self.card, calibration=replace(self.card.calibration, rules=rules))
+        )
+        return card.decide(
+            self.probabilities(features), top_k=top_k, painting_scores=painting_scores, other_scores=other_scores
+        )
 
     def predict(self, images: Sequence[ImageInput] | ImageInput) -> np.ndarray:
         """The answer for each image: an artist's name, or "unknown" / "not_a_painting" (an object array)."""
@@ -164,6 +181,7 @@ class Model:
         state = {f"backbone.{k}": v for k, v in backbone_state(self.backbone, self.extractor.cache_dir).items()}
         state["head.weight"] = np.asarray(self.head.coef_, dtype=np.float32)
         state["head.bias"] = np.asarray(self.head.intercept_, dtype=np.float32)
+        state.update(self.gates.tensors())
         return state
 
     def save(self, uri: str | Path, storage_options: dict[str, Any] | None = None) -> None:
@@ -195,6 +213,8 @@ class Model:
                     f"{weight.shape} + {bias.shape}"
                 )
             head = ArtistHead.from_layer(card.classes, weight, bias, **card.head.params)
+            gated = {k: v.float().numpy() for k, v in tensors.items() if k.startswith("refusals.")}
+            gates = RefusalGates.from_parts(card.refusals, gated)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{uri}: model file is inconsistent ({type(exc).__name__}: {exc})") from None
         model = cls(
@@ -206,6 +226,7 @@ class Model:
             training=card.training,
             metrics=card.metrics,
             versions=card.versions,
+            gates=gates,
         )
         model.card = replace(model.card, precision=card.precision)  # what it was trained with, not what runs here
         return model

@@ -20,9 +20,18 @@ import numpy as np
 from artistid.answers import Answer
 from artistid.card import ModelCard, card_from_dict
 from artistid.errors import ModelFileError
+from artistid.refusals import split_scores, stack_scores
 from artistid.storage import file_sha256
 
-__all__ = ["INPUT_NAME", "METADATA_KEY", "ONNX_FORMAT", "OUTPUT_NAME", "OnnxModel"]
+__all__ = [
+    "INPUT_NAME",
+    "METADATA_KEY",
+    "ONNX_FORMAT",
+    "OTHER_SCORE_NAME",
+    "OUTPUT_NAME",
+    "PAINTING_SCORE_NAME",
+    "OnnxModel",
+]
 
 ONNX_FORMAT = "artistid-onnx"
 ONNX_FORMAT_VERSION = 2
@@ -30,6 +39,8 @@ READABLE_VERSIONS = (1, 2)
 METADATA_KEY = "artistid"
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probabilities"
+PAINTING_SCORE_NAME = "painting_score"  # present when the model has a "not a painting" gate
+OTHER_SCORE_NAME = "other_score"  # present when it was trained with --others
 
 
 class OnnxModel:
@@ -43,6 +54,7 @@ class OnnxModel:
         self.card: ModelCard = _card(metadata)
         self.classes_ = np.asarray(self.card.classes, dtype=object)
         self.preprocess = self.card.preprocess
+        self.outputs = [output.name for output in session.get_outputs()]
 
     @classmethod
     def load(cls, path: str | Path, *, threads: int | None = None) -> OnnxModel:
@@ -86,9 +98,19 @@ class OnnxModel:
         (probabilities,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(pixels, dtype=np.uint8)})
         return probabilities
 
+    def scores_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities and the refusal scores the graph gives, stacked as `artistid.refusals.stack_scores` does."""
+        if len(pixels) == 0:
+            return np.zeros((0, len(self.classes_) + 2), dtype=np.float64)
+        wanted = [name for name in (OUTPUT_NAME, PAINTING_SCORE_NAME, OTHER_SCORE_NAME) if name in self.outputs]
+        ran = self.session.run(wanted, {INPUT_NAME: np.ascontiguousarray(pixels, dtype=np.uint8)})
+        found = dict(zip(wanted, ran, strict=True))
+        return stack_scores(found[OUTPUT_NAME], found.get(PAINTING_SCORE_NAME), found.get(OTHER_SCORE_NAME))
+
     def answer(self, pixels: np.ndarray, *, top_k: int = 1) -> list[Answer]:
         """What artistid says about each image, decided as on every other surface."""
-        return self.card.decide(self.predict_pixels(pixels), top_k=top_k)
+        probabilities, painting_scores, other_scores = split_scores(self.scores_pixels(pixels))
+        return self.card.decide(probabilities, top_k=top_k, painting_scores=painting_scores, other_scores=other_scores)
 
 
 def _card(metadata: dict[str, Any]) -> ModelCard:

@@ -66,7 +66,7 @@ def _features(model: Model, frame: pd.DataFrame) -> tuple[list[str], dict[str, i
 def answer_frame(model: Model, frame: pd.DataFrame, top_k: int = 1) -> pd.DataFrame:
     """One answer row per input row, in order (see the module's docstring)."""
     keys, rows, features, errors = _features(model, frame)
-    answers = model.card.decide(model.probabilities(features), top_k=top_k)
+    answers = model.answers_for(features, top_k=top_k)
     records: list[dict[str, Any]] = []
     for key in keys:
         if key not in rows:

@@ -24,7 +24,7 @@ import os
 import platform
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -169,8 +169,10 @@ def feature_module(backbone: Backbone) -> nn.Module:
     return Features().eval()
 
 
-def trace_to_onnx(module: nn.Module, example: np.ndarray, path: str, input_name: str, output_name: str) -> None:
-    """Exports a module of one uint8 batch to ONNX, any batch size."""
+def trace_to_onnx(
+    module: nn.Module, example: np.ndarray, path: str, input_name: str, output_names: Sequence[str]
+) -> None:
+    """Exports a module of one uint8 batch to ONNX (its outputs named in order), any batch size."""
     import torch
 
     with warnings.catch_warnings():
@@ -185,8 +187,8 @@ def trace_to_onnx(module: nn.Module, example: np.ndarray, path: str, input_name:
             path,
             dynamo=False,
             input_names=[input_name],
-            output_names=[output_name],
-            dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+            output_names=list(output_names),
+            dynamic_axes={name: {0: "batch"} for name in [input_name, *output_names]},
             opset_version=OPSET,
         )
 
@@ -210,7 +212,7 @@ def feature_onnx(backbone: Backbone, cache_dir: Path) -> Path:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="artistid-engine-", dir=path.parent) as scratch:
         traced = Path(scratch) / path.name
-        trace_to_onnx(feature_module(backbone), example, str(traced), FEATURES_INPUT, FEATURES_OUTPUT)
+        trace_to_onnx(feature_module(backbone), example, str(traced), FEATURES_INPUT, [FEATURES_OUTPUT])
         storage.write_bytes_atomic(path, traced.read_bytes())
     logger.info(
         "exported the feature graph of %s to %s in %.1f s", backbone.spec.name, path, time.perf_counter() - started

@@ -58,6 +58,7 @@ from artistid.errors import ArtistIdError, ImageError, ModelFileError, NotAnImag
 from artistid.features import decode_workers
 from artistid.images import Preprocess
 from artistid.onnx_model import OnnxModel
+from artistid.refusals import split_scores, stack_scores
 from artistid.runtimes import RUNTIMES
 from artistid.service_guard import (
     DEFAULT_MAX_QUEUE,
@@ -117,6 +118,9 @@ class ModelInfo(BaseModel):
     training: TrainingCard | None
     metrics: Metrics | None = Field(description="Test-set metrics recorded at training time.")
     versions: LibraryVersions
+    refusals: dict[str, Any] = Field(
+        default_factory=dict, description='How "not a painting" and "unknown" (from --others) are decided.'
+    )
 
     @classmethod
     def of(cls, identity: ModelIdentity, card: ModelCard) -> ModelInfo:
@@ -132,6 +136,7 @@ class ModelInfo(BaseModel):
             training=card.training,
             metrics=card.metrics,
             versions=card.versions,
+            refusals=card.refusals,
         )
 
 
@@ -139,7 +144,8 @@ class ModelInfo(BaseModel):
 class ServedModel:
     """What the service needs from a model, whichever runtime computes it."""
 
-    predict: Callable[[np.ndarray], np.ndarray]  # uint8 (n, size, size, 3) -> probabilities (n, classes)
+    # uint8 (n, size, size, 3) -> probabilities (n, classes) and the refusal scores (`refusals.stack_scores`)
+    predict: Callable[[np.ndarray], np.ndarray]
     card: ModelCard  # decides the answers
     info: ModelInfo
     # (image bytes, name, artist or None) -> the Grad-CAM heat map; needs gradients, so PyTorch only.
@@ -168,7 +174,7 @@ def _load_onnx(path: Path) -> ServedModel:
         runtime="onnx",
         precision=model.card.precision,
     )
-    return ServedModel(model.predict_pixels, model.card, ModelInfo.of(identity, model.card))
+    return ServedModel(model.scores_pixels, model.card, ModelInfo.of(identity, model.card))
 
 
 def _load_model_file(path: Path, runtime: str) -> ServedModel:
@@ -194,7 +200,8 @@ def _load_model_file(path: Path, runtime: str) -> ServedModel:
 
     def predict(pixels: np.ndarray) -> np.ndarray:
         with network_lock:
-            return model.probabilities(model.extractor(pixels))
+            features = model.extractor(pixels)
+        return stack_scores(model.probabilities(features), *model.gates.scores(features))
 
     def explain(data: bytes, name: str, artist: str | None) -> Explanation:
         from artistid.explain import grad_cam
@@ -422,7 +429,11 @@ def create_app(
         model: ServedModel = request.app.state.model
         uploads = [(upload.filename or f"file {i + 1}", await upload.read()) for i, upload in enumerate(files)]
         pixels = await _decode_all(request.app.state.decoder, uploads)
-        probabilities = await asyncio.wrap_future(request.app.state.batcher.submit(pixels))
+        rows = await asyncio.wrap_future(request.app.state.batcher.submit(pixels))
+        probabilities, painting_scores, other_scores = split_scores(rows)
+        answers = model.card.decide(
+            probabilities, top_k=top_k, painting_scores=painting_scores, other_scores=other_scores
+        )
         predictions = [
             Prediction(
                 filename=name,
@@ -432,7 +443,7 @@ def create_app(
                 probability=answer.probability,
                 top_k=[ArtistScore(artist=artist, probability=p) for artist, p in answer.top_k],
             )
-            for (name, _), answer in zip(uploads, model.card.decide(probabilities, top_k=top_k), strict=True)
+            for (name, _), answer in zip(uploads, answers, strict=True)
         ]
         guard.count_answers(p.artist for p in predictions)
         return PredictResponse(model=model.info.model, predictions=predictions)

@@ -47,6 +47,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from artistid import storage
+from artistid.answers import REFUSALS, Refusal
 from artistid.backbones import rebuild_backbone
 from artistid.card import ExtractorCard, from_dict, to_dict
 from artistid.datasets import Sample
@@ -266,7 +267,7 @@ def _answer_columns(job: _Job, model: Model, features: np.ndarray, usable: list[
     """The artist and the probabilities for the `usable` rows of `n` (nulls elsewhere), from their vectors."""
     probabilities = model.probabilities(features)
     artists: list[str | None] = [None] * n
-    for i, answer in zip(usable, model.card.decide(probabilities), strict=True):
+    for i, answer in zip(usable, model.answers_for(features), strict=True):
         artists[i] = answer.artist
     return {
         job.output_col: pa.array(artists, pa.string()),
@@ -648,11 +649,22 @@ def evaluate(
     """The local engine's `Evaluation`, with the images scored on the executors (only probabilities come back)."""
     model, job = _model_job(spark, model_uri, storage_options, batch_size=batch_size)
     scored, _ = _predictions(samples_frame(spark, samples, partitions), model, job, store, partitions)
-    rows = scored.select("path", "label", job.probability_col, job.error_col).collect()
+    rows = scored.select("path", "label", job.output_col, job.probability_col, job.error_col).collect()
     ok = [r for r in rows if r[job.error_col] is None]
     skipped = [(r["path"], r[job.error_col]) for r in rows if r[job.error_col] is not None]
     probabilities = np.asarray([r[job.probability_col] for r in ok], dtype=np.float64).reshape(len(ok), -1)
-    return score_predictions(model, [r["path"] for r in ok], [r["label"] for r in ok], probabilities, skipped)
+    # The executors decided each answer with the refusal scores; the refusals come back in the artist column.
+    decided = model.card.decide(probabilities)
+    answers = [
+        replace(answer, artist=r[job.output_col], refusal=_refusal(r[job.output_col]))
+        for r, answer in zip(ok, decided, strict=True)
+    ]
+    paths, labels = [r["path"] for r in ok], [r["label"] for r in ok]
+    return score_predictions(model, paths, labels, probabilities, skipped, answers)
+
+
+def _refusal(artist: str) -> Refusal | None:
+    return next((refusal for refusal in REFUSALS if refusal == artist), None)
 
 
 # --- Spark ML wrappers ------------------------------------------------------------------------------------------

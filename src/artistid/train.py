@@ -27,9 +27,17 @@ from artistid.datasets import Sample
 from artistid.errors import ArtistIdError, ModelFileError, UsageError
 from artistid.features import FeatureCache, FeatureExtractor, FeatureSet, Precision, featurize
 from artistid.head import ArtistHead
-from artistid.images import Preprocess
+from artistid.images import Preprocess, decode_image, load_image
 from artistid.model import Model
 from artistid.model_file import read_card
+from artistid.refusals import (
+    DEFAULT_OTHER_FALSE_REJECTION,
+    DEFAULT_PAINTING_FALSE_REJECTION,
+    RefusalGates,
+    fit_other_gate,
+    fit_painting_gate,
+)
+from artistid.synthetic import photograph
 
 if TYPE_CHECKING:
     from artistid.feature_store import FeatureStore
@@ -40,11 +48,13 @@ __all__ = [
     "TrainSettings",
     "calibrate_head",
     "data_fingerprint",
+    "fit_gates",
     "fit_head",
     "preset",
     "reusable_model",
     "train",
     "train_from_features",
+    "training_fingerprint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -90,6 +100,10 @@ class TrainSettings:
     # Temperature and rejection threshold from out-of-fold scores of this many folds of Train; 0 or 1: none.
     calibration_folds: int = 5
     false_rejection: float = DEFAULT_FALSE_REJECTION  # share of known-artist paintings the threshold may reject
+    # The "not a painting" gate knows the training paintings and photos of this many of them, in their frames.
+    photographed: int = 300
+    painting_false_rejection: float = DEFAULT_PAINTING_FALSE_REJECTION  # of the training paintings
+    other_false_rejection: float = DEFAULT_OTHER_FALSE_REJECTION  # share of known paintings --others may refuse
 
     def check(self) -> None:
         """Raises UsageError, naming the setting, for a recipe that cannot be trained."""
@@ -263,6 +277,69 @@ def _backbone(settings: TrainSettings) -> Backbone:
     )
 
 
+def photograph_features(
+    features: FeatureSet,
+    extractor: FeatureExtractor,
+    count: int,
+    seed: int,
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, list[int]]:
+    """Features of photos of `count` of the training paintings (spread over the set), framed on a wall.
+
+    Returns the vectors and, for each, the row of the painting it shows.
+    """
+    chosen = np.unique(np.linspace(0, len(features) - 1, min(count, len(features))).round().astype(int))
+    rng = np.random.default_rng(seed)
+    rows: list[int] = []
+    pixels: list[np.ndarray] = []
+    vectors: list[np.ndarray] = []
+    for row in chosen.tolist() if count > 0 else []:
+        path = features.paths[row]
+        try:
+            painting = decode_image(storage.read_bytes(path, storage_options), path, draft_size=600)
+        except (ArtistIdError, OSError) as exc:  # it was read once already; a file gone since is left out
+            logger.warning("not photographing %s: %s", path, exc)
+            continue
+        pixels.append(load_image(photograph(painting, rng, fill=(0.45, 0.85)), extractor.preprocess))
+        rows.append(row)
+        if len(pixels) == 16:
+            vectors.append(extractor(np.stack(pixels)))
+            pixels = []
+    if pixels:
+        vectors.append(extractor(np.stack(pixels)))
+    width = features.features.shape[1]
+    return (np.vstack(vectors) if vectors else np.zeros((0, width), np.float32)), rows
+
+
+def fit_gates(
+    features: FeatureSet,
+    settings: TrainSettings,
+    photographs: np.ndarray,
+    photographed_from: Sequence[int],
+    others: FeatureSet | None = None,
+) -> RefusalGates:
+    """The "not a painting" gate from the training paintings (and photos of them); the "someone else" gate from
+    --others. Both are chosen on the training set alone."""
+    painting = fit_painting_gate(
+        features.features,
+        photographs,
+        photographed_from,
+        false_rejection=settings.painting_false_rejection,
+    )
+    other = None
+    if others is not None and len(others):
+        other = fit_other_gate(
+            features.features,
+            [str(label) for label in features.labels],
+            others.features,
+            [None if label is None else str(label) for label in others.labels],
+            false_rejection=settings.other_false_rejection,
+            folds=max(2, settings.calibration_folds),
+            seed=settings.seed,
+        )
+    return RefusalGates(painting, other)
+
+
 def _result(
     backbone: Backbone,
     extractor: FeatureExtractor,
@@ -270,6 +347,7 @@ def _result(
     settings: TrainSettings,
     fingerprint: str,
     featurize_seconds: float,
+    gates: RefusalGates,
 ) -> TrainResult:
     started = time.perf_counter()
     head, n_train, n_val = fit_head(features, settings)
@@ -281,8 +359,21 @@ def _result(
         history=tuple(head.history_),
         skipped=len(features.errors),
     )
-    calibration = calibrate_head(features, settings)
-    model = Model(backbone, head, extractor=extractor, calibration=calibration, training=training)
+    calibration = calibrate_head(features, settings) or CalibrationCard()
+    # The gates' thresholds join the refusal rules that every surface decides with.
+    rules = replace(
+        calibration.rules,
+        painting_threshold=gates.painting.threshold if gates.painting is not None else None,
+        other_threshold=gates.other.threshold if gates.other is not None else None,
+    )
+    model = Model(
+        backbone,
+        head,
+        extractor=extractor,
+        calibration=replace(calibration, rules=rules),
+        training=training,
+        gates=gates,
+    )
     return TrainResult(
         model,
         head.history_,
@@ -295,17 +386,37 @@ def _result(
     )
 
 
+def _without_known(others: Sequence[Sample], labelled: Sequence[Sample]) -> list[Sample]:
+    """--others images, less any under a known artist's folder (a whole paintings10/Train may be given)."""
+    artists = {str(s.label) for s in labelled}
+    kept = [s for s in others if s.label is None or str(s.label) not in artists]
+    if len(kept) < len(others):
+        logger.info("--others: left out %d images of known artists", len(others) - len(kept))
+    return kept
+
+
+def training_fingerprint(samples: Sequence[Sample], others: Sequence[Sample], settings: TrainSettings) -> str:
+    """The fingerprint `train` records for these samples, --others images and settings."""
+    labelled = [s for s in samples if s.label is not None]
+    return data_fingerprint([*labelled, *_without_known(others, labelled)], settings)
+
+
 def train(
     samples: Sequence[Sample],
     settings: TrainSettings | None = None,
     *,
+    others: Sequence[Sample] = (),
     cache: FeatureCache | None = None,
     workers: int | None = None,
     storage_options: dict[str, Any] | None = None,
     progress: bool = True,
     store: FeatureStore | None = None,
 ) -> TrainResult:
-    """Trains a model on labelled samples (unlabelled ones are ignored)."""
+    """Trains a model on labelled samples (unlabelled ones are ignored).
+
+    `others`: paintings by painters who are none of the artists (labelled by their artist folder or not): the
+    model learns to answer "unknown" for paintings that look like theirs.
+    """
     settings = settings or TrainSettings()
     settings.check()
     labelled = [s for s in samples if s.label is not None]
@@ -321,7 +432,22 @@ def train(
         store=store,
     )
     _check_every_artist_kept(labelled, features)
-    return _result(backbone, extractor, features, settings, data_fingerprint(labelled, settings), features.seconds)
+    started = time.perf_counter()
+    fingerprint = training_fingerprint(labelled, others, settings)
+    others = _without_known(others, labelled)
+    other_features = None
+    if others:
+        other_features = featurize(
+            others, extractor, cache=cache, workers=workers, storage_options=storage_options, progress=progress
+        )
+        if not len(other_features):
+            raise ArtistIdError(f"--others: none of its {len(others)} images could be used")
+    photographs, photographed_from = photograph_features(
+        features, extractor, settings.photographed, settings.seed, storage_options
+    )
+    gates = fit_gates(features, settings, photographs, photographed_from, other_features)
+    seconds = features.seconds + time.perf_counter() - started
+    return _result(backbone, extractor, features, settings, fingerprint, seconds, gates)
 
 
 def _check_every_artist_kept(labelled: Sequence[Sample], features: FeatureSet) -> None:
@@ -358,4 +484,6 @@ def train_from_features(features: FeatureSet, settings: TrainSettings | None = N
     fingerprint = data_fingerprint(
         [Sample(p, y) for p, y in zip(labelled.paths, labelled.labels, strict=True)], settings
     )
-    return _result(backbone, extractor, labelled, settings, fingerprint, 0.0)
+    # No images here to photograph: the gate knows the training paintings alone.
+    gates = fit_gates(labelled, settings, np.zeros((0, labelled.features.shape[1]), np.float32), [])
+    return _result(backbone, extractor, labelled, settings, fingerprint, 0.0, gates)

@@ -76,11 +76,13 @@ function showPrediction(prediction) {
   const artist = $("artist");
   artist.dataset.artist = prediction.artist;
   if (prediction.refusal === "not_a_painting") {
-    artist.textContent = "not a painting";
+    artist.textContent = "This does not look like a painting";
     $("confidence").textContent = `closest artist: ${pretty(closest.artist)} at ${percent(closest.probability)}`;
   } else if (prediction.refusal === "unknown") {
-    artist.textContent = "an artist the model does not know";
-    const needed = typeof threshold === "number" ? `, under the ${percent(threshold)} it needs to name an artist` : "";
+    artist.textContent = "Not one of the artists I know";
+    // Refused for its low probability, or because it looks like the other painters the model was shown.
+    const low = typeof threshold === "number" && closest.probability < threshold;
+    const needed = low ? `, under the ${percent(threshold)} it needs to name an artist` : "";
     $("confidence").textContent = `closest: ${pretty(closest.artist)} at ${percent(closest.probability)}${needed}`;
   } else {
     artist.textContent = pretty(prediction.artist);
