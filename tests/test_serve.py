@@ -248,18 +248,21 @@ def test_onnx_server_runs_without_torch_and_matches_pytorch_fp32(
 def test_a_model_file_serves_on_every_runtime_alike(demo_model_path: Path, demo_data: Path) -> None:
     """The backbone of a model file on ONNX Runtime or OpenVINO gives PyTorch's artists and probabilities."""
     from artistid.images import load_image
+    from artistid.refusals import split_scores
     from artistid.serve import load_served_model
 
     served = {runtime: load_served_model(demo_model_path, runtime) for runtime in ("torch", "onnx", "openvino")}
     pixels = np.stack([load_image(f, served["torch"].card.preprocess) for f in paintings(demo_data)])
-    expected = served["torch"].predict(pixels)
+    expected, expected_painting, _ = split_scores(served["torch"].predict(pixels))
     for runtime, model in served.items():
         assert model.info.model.runtime == runtime
-        probabilities = model.predict(pixels)
+        probabilities, painting, _ = split_scores(model.predict(pixels))
         assert (probabilities.argmax(1) == expected.argmax(1)).all(), runtime
         # fp32 runtimes agree to 1e-3; bf16 (where it is native and measured faster) keeps 8 bits of mantissa.
         tolerance = 1e-3 if model.info.model.precision == "fp32" == served["torch"].info.model.precision else 0.05
         assert np.abs(probabilities - expected).max() <= tolerance, runtime
+        assert painting is not None and expected_painting is not None
+        assert np.abs(painting - expected_painting).max() <= tolerance, runtime
 
 
 def test_concurrent_requests_are_batched_and_answered_alike(onnx_server: Server, demo_data: Path) -> None:
