@@ -95,7 +95,10 @@ def test_training_stores_the_calibration_in_the_model_file(demo_model: Model, de
     calibration = demo_model.card.calibration
     assert calibration.n == 240 and calibration.method.startswith("5-fold")
     assert calibration.ece_after is not None and calibration.ece_before is not None
-    assert calibration.ece_after <= calibration.ece_before + 1e-9
+    # The temperature minimizes the held-out negative log-likelihood; the calibration error stays small.
+    assert calibration.nll_after is not None and calibration.nll_before is not None
+    assert calibration.nll_after <= calibration.nll_before + 1e-9
+    assert calibration.ece_after <= 0.05
     assert calibration.temperature != 1.0
     assert demo_model.threshold == calibration.rules.threshold
     assert 0 < demo_model.threshold < 1

@@ -129,7 +129,16 @@ def test_version_1_model_files_still_load_and_answer_the_same(
     old = tmp_path / "v1.safetensors"
     _write_v1(demo_model, old)
     loaded = Model.load(old)
-    expected = replace(demo_model.card, backbone=replace(demo_model.card.backbone, source="", revision=None))
+    card = demo_model.card
+    # A version-1 file knows no weights' source or revision and no refusal gates: its rules have none of theirs.
+    expected = replace(
+        card,
+        backbone=replace(card.backbone, source="", revision=None),
+        calibration=replace(
+            card.calibration, rules=replace(card.calibration.rules, painting_threshold=None, other_threshold=None)
+        ),
+        refusals={"not_a_painting": None, "unknown_by_others": None},
+    )
     assert replace(loaded.card, versions=expected.versions) == expected
     assert loaded.card.versions.torch == "2.14.1"
     paintings = sorted((demo_data / "Test" / "Rembrandt").glob("*.jpg"))[:3]

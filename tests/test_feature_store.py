@@ -142,7 +142,7 @@ def test_cli_reports_featurized_and_reused(small_set: Path, tmp_path: Path) -> N
     model = tmp_path / "model.safetensors"
     trained = runner.invoke(
         app,
-        ["train", images, "-o", str(model), "--precision", "fp32", "--calibration-folds", "0",
+        ["train", images, "-o", str(model), "--preset", "reference", "--precision", "fp32", "--calibration-folds", "0",
          "--feature-store", store, "--no-cache", "--json", "-q"],
     )  # fmt: skip
     assert trained.exit_code == 0, trained.output

@@ -66,7 +66,20 @@ def test_a_killed_train_leaves_no_decoder_and_the_rerun_starts_from_its_cache(de
     database = cache / "features-v1.sqlite"
     model = tmp_path / "model.safetensors"
     run = subprocess.Popen(
-        [*CLI, "train", str(demo_data), "-o", str(model), "--cache-dir", str(cache), "--workers", "2", "-q"],
+        [
+            *CLI,
+            "train",
+            str(demo_data),
+            "-o",
+            str(model),
+            "--preset",
+            "reference",
+            "--cache-dir",
+            str(cache),
+            "--workers",
+            "2",
+            "-q",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

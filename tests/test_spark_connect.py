@@ -34,18 +34,24 @@ def connect_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_featurize_through_spark_connect_equals_the_local_engine_and_fills_the_store(
     connect_server: ConnectServer, cluster_paintings: Path, demo_model_path: Path, connect_store: Path, tmp_path: Path
 ) -> None:
-    precision = Model.load(demo_model_path).extractor.precision  # the model's, so that predict reuses the vectors
+    model = Model.load(demo_model_path)  # featurized as the model does, so that predict reuses the vectors
+    precision, backbone = model.extractor.precision, model.card.backbone
+    cut = [argument for node in backbone.feature_nodes for argument in ("--feature-node", node)]
     output = tmp_path / "features.parquet"
     summary = run_artistid(
         ["featurize", str(cluster_paintings), "-o", str(output), "--precision", precision, "--engine", "spark",
-         "--remote", connect_server.url, "--partitions", "3", "--feature-store", str(connect_store)],
+         "--remote", connect_server.url, "--partitions", "3", "--feature-store", str(connect_store),
+         *cut, "--pooling", backbone.pooling],
         connect_server.env(),
     )  # fmt: skip
     bad = {str(cluster_paintings / name) for name in CLUSTER_BAD_FILES}
     assert {s["path"] for s in summary["skipped_files"]} == bad
     assert summary["reused"] == 0 and summary["featurized"] == summary["images"]
 
-    extractor = FeatureExtractor(create_backbone("efficientnet_lite0"), precision=precision)  # type: ignore[arg-type]
+    extractor = FeatureExtractor(
+        create_backbone("efficientnet_lite0", feature_nodes=backbone.feature_nodes, pooling=backbone.pooling),
+        precision=precision,  # type: ignore[arg-type]
+    )
     local = featurize(load_dataset(str(cluster_paintings)).samples, extractor, workers=0, progress=False)
     distributed = FeatureSet.from_parquet(output)
     assert distributed.identity == extractor.identity()
