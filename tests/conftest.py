@@ -40,6 +40,18 @@ def demo_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_dataset(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight Train and two Test paintings of each demo artist: enough to train on, quick to featurize."""
+    root = tmp_path_factory.mktemp("small")
+    for split, count in (("Train", 8), ("Test", 2)):
+        for artist in sorted((demo_data / split).iterdir()):
+            (root / split / artist.name).mkdir(parents=True)
+            for image in sorted(artist.glob("*.jpg"))[:count]:
+                (root / split / artist.name / image.name).write_bytes(image.read_bytes())
+    return root
+
+
+@pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One feature cache for the whole session, so each image is featurized once across tests."""
     return tmp_path_factory.mktemp("feature-cache")

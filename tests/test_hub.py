@@ -46,18 +46,6 @@ def hub(weights: dict[str, bytes]) -> Iterator[StandInHub]:
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def small_dataset(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Eight Train and two Test paintings of each demo artist: enough to train on, quick to featurize."""
-    root = tmp_path_factory.mktemp("small")
-    for split, count in (("Train", 8), ("Test", 2)):
-        for artist in sorted((demo_data / split).iterdir()):
-            (root / split / artist.name).mkdir(parents=True)
-            for image in sorted(artist.glob("*.jpg"))[:count]:
-                (root / split / artist.name / image.name).write_bytes(image.read_bytes())
-    return root
-
-
 def _dead_endpoint() -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

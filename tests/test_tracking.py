@@ -18,18 +18,6 @@ from artistid.cli import app
 
 
 @pytest.fixture(scope="module")
-def small_dataset(demo_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Eight Train and two Test paintings of each demo artist, and one broken file among the Test ones."""
-    root = tmp_path_factory.mktemp("small")
-    for split, count in (("Train", 8), ("Test", 2)):
-        for artist in sorted((demo_data / split).iterdir()):
-            (root / split / artist.name).mkdir(parents=True)
-            for image in sorted(artist.glob("*.jpg"))[:count]:
-                (root / split / artist.name / image.name).write_bytes(image.read_bytes())
-    return root
-
-
-@pytest.fixture(scope="module")
 def logged(small_dataset: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """One `artistid train --mlflow` run, the tracking URI given as MLFLOW_TRACKING_URI."""
     store = tmp_path_factory.mktemp("mlflow") / "mlruns"
