@@ -147,7 +147,7 @@ class ModelCard:
     backbone: BackboneCard
     preprocess: Preprocess
     head: HeadCard
-    precision: str = "fp32"  # arithmetic the features were computed with: fp32 or bf16
+    precision: str = "fp32"  # arithmetic the features were computed with: fp32, bf16 or int8
     calibration: CalibrationCard = CalibrationCard()
     training: TrainingCard | None = None
     metrics: Metrics | None = None

@@ -108,6 +108,14 @@ FeatureNode = Annotated[
 ]
 Pooling = Annotated[str, typer.Option("--pooling", help="avg, or meanstd: channel means and stds (style).")]
 Precision = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="auto, fp32, bf16 or int8 (auto: bf16 only where native, if faster here; never int8, which runs on "
+        "onnx and openvino only when asked for).",
+    ),
+]
+TorchPrecision = Annotated[
     str, typer.Option("--precision", help="auto, fp32 or bf16 (auto: bf16 only where native, if faster here).")
 ]
 Runtime = Annotated[
@@ -387,7 +395,12 @@ def train(
         str | None, typer.Option("--pooling", help="avg, or meanstd: channel means and stds (style).")
     ] = None,
     precision: Annotated[
-        str | None, typer.Option("--precision", help="auto, fp32 or bf16 (auto: bf16 only where native, if faster).")
+        str | None,
+        typer.Option(
+            "--precision",
+            help="auto, fp32, bf16 or int8 (auto: bf16 only where native, if faster; never int8, which runs on onnx "
+            "and openvino only when asked for; a model trained in int8 predicts in int8 there).",
+        ),
     ] = None,
     runtime: Annotated[
         str | None,
@@ -743,7 +756,7 @@ def finetune(
     image_size: Annotated[int | None, typer.Option(help="Input side in pixels (default: the backbone's own).")] = None,
     backbone: Backbone = "efficientnet_lite0",
     weights: Weights = None,
-    precision: Precision = "auto",
+    precision: TorchPrecision = "auto",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 123,
     checkpoint_dir: Annotated[
         Path | None, typer.Option("--checkpoint-dir", help="Write a checkpoint here after every epoch.")

@@ -34,6 +34,7 @@ from artistid.runtimes import (
     choose_engine,
     create_engine,
     features_identity,
+    int8_identity,
     machine,
 )
 
@@ -51,12 +52,13 @@ __all__ = [
     "decode_workers",
     "default_cache_dir",
     "featurize",
+    "pinned_runtime",
     "read_and_decode",
 ]
 
 logger = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "bf16"]  # asked for; the extractor resolves "auto" per machine
+Precision = Literal["auto", "fp32", "bf16", "int8"]  # asked for; the extractor resolves "auto" per machine
 LARGE_FILE_BYTES = 512_000  # a median file above this is a large scan: decoding dominates
 STORE_PART_ROWS = 2048  # vectors per feature-store part: few files, and little lost when a run is killed
 
@@ -70,15 +72,24 @@ def default_cache_dir() -> Path:
 # --- the extractor: pixels in, vectors out ---------------------------------------------------------------------
 
 
+def pinned_runtime(runtime: str) -> str:
+    """`runtime`, with "auto" as ARTISTID_RUNTIME pins it (ARTISTID_PRECISION pins the precision alike).
+
+    A deployment (or a test suite) pins what "auto" means, so that every run computes the same vectors.
+    """
+    return (os.environ.get("ARTISTID_RUNTIME") or "auto") if runtime == "auto" else runtime
+
+
 class FeatureExtractor:
     """Runs a frozen backbone on batches of decoded images (uint8, NHWC) on a runtime, in a precision.
 
     `runtime`: auto (the fastest installed runtime, measured on this machine: `artistid.runtimes.choose_engine`;
     the environment variables ARTISTID_RUNTIME and ARTISTID_PRECISION pin what auto means), torch, onnx (ONNX
     Runtime) or openvino. `precision`: auto (bf16 only where the hardware has it natively, else
-    fp32), fp32 or bf16. The runtime and precision are part of `identity()`, so vectors of one never stand in for
-    another's in the cache. Nothing is built before the first batch: a run whose every vector is cached builds no
-    network and need not import torch.
+    fp32), fp32, bf16 or int8 (the quantized graph of `artistid.runtimes.int8_onnx`, on the CPU with ONNX Runtime or
+    OpenVINO; never chosen by auto). The runtime and precision (for int8, with its calibration) are part of
+    `identity()`, so vectors of one never stand in for another's in the cache. Nothing is built before the first
+    batch: a run whose every vector is cached builds no network and need not import torch.
     """
 
     def __init__(
@@ -90,17 +101,16 @@ class FeatureExtractor:
         runtime: str = "auto",
         cache_dir: Path | None = None,
     ) -> None:
-        # A deployment (or a test suite) can pin what "auto" means, so that every run computes the same vectors.
-        if runtime == "auto":
-            runtime = os.environ.get("ARTISTID_RUNTIME") or "auto"
+        runtime = pinned_runtime(runtime)
         if precision == "auto":
             precision = cast(Precision, os.environ.get("ARTISTID_PRECISION") or "auto")
         if precision not in PRECISIONS:
-            raise UsageError(f"precision must be auto, fp32 or bf16; got {precision!r}")
+            raise UsageError(f"precision must be auto, fp32, bf16 or int8; got {precision!r}")
         self.backbone = backbone
         self.preprocess: Preprocess = backbone.preprocess
         self.cache_dir = cache_dir or default_cache_dir()
-        on_cuda = device == "cuda" or (device == "auto" and machine().cuda)
+        # int8 runs on the CPU runtimes: on a CUDA machine, "auto" means the CPU for it.
+        on_cuda = device == "cuda" or (device == "auto" and machine().cuda and precision != "int8")
         self._device = "cuda" if on_cuda else ("cpu" if device == "auto" else device)
         # ONNX Runtime and OpenVINO run on the CPU here; another device means PyTorch.
         self.runtime, self.precision = choose_engine(
@@ -117,7 +127,10 @@ class FeatureExtractor:
 
     def identity(self) -> str:
         """Everything a vector depends on besides the image's content: part of the cache key."""
-        return f"{self.features_identity()}/{self.runtime}/{self.precision}"
+        arithmetic: str = self.precision
+        if arithmetic == "int8":  # the quantized graph is as much the vectors' source as the weights
+            arithmetic = f"int8-{int8_identity(self.preprocess)}"
+        return f"{self.features_identity()}/{self.runtime}/{arithmetic}"
 
     def features_identity(self) -> str:
         """What the vectors are, whichever runtime computes them: backbone, cut, pooling and preprocessing."""

@@ -12,6 +12,7 @@ As in scikit-learn, `predict` is the decision: the artist, or a refusal ("unknow
 
 from __future__ import annotations
 
+import logging
 import platform
 from collections.abc import Sequence
 from dataclasses import replace
@@ -27,18 +28,20 @@ from artistid.calibration import softmax
 from artistid.card import CalibrationCard, HeadCard, LibraryVersions, Metrics, ModelCard, TrainingCard
 from artistid.datasets import Sample
 from artistid.errors import ModelFileError
-from artistid.features import FeatureCache, FeatureExtractor, FeatureSet, featurize
+from artistid.features import FeatureCache, FeatureExtractor, FeatureSet, featurize, pinned_runtime
 from artistid.head import ArtistHead
 from artistid.images import Preprocess, load_image
 from artistid.model_file import read_model_file, write_model_file
 from artistid.refusals import RefusalGates
-from artistid.runtimes import backbone_state
+from artistid.runtimes import backbone_state, computes_int8
 
 if TYPE_CHECKING:
     from artistid.feature_store import FeatureStore
     from artistid.forward import ArtistForward
 
 __all__ = ["NOT_A_PAINTING", "UNKNOWN", "ImageInput", "Model", "library_versions"]
+
+logger = logging.getLogger(__name__)
 
 ImageInput = str | Path | bytes | Image.Image
 
@@ -200,9 +203,22 @@ class Model:
         """Reads a model file; its backbone runs on `runtime` in `precision`, by default the fastest for this machine.
 
         The card records the precision the model was trained with, but bf16 is used only where the hardware has it
-        natively (and measured faster): a model trained in bf16 runs in fp32 elsewhere.
+        natively (and measured faster): a model trained in bf16 runs in fp32 elsewhere. A model trained on int8
+        features runs in int8 (by default) wherever the runtime computes it (ONNX Runtime, OpenVINO), and in fp32,
+        with a warning, on PyTorch.
         """
         tensors, card = read_model_file(uri, storage_options)
+        if precision == "auto" and card.precision == "int8":
+            # Its head learned from int8 vectors: it gets them wherever they can be computed.
+            if computes_int8(pinned_runtime(runtime)):
+                precision = "int8"
+            else:
+                logger.warning(
+                    "%s was trained on int8 features, which the %s runtime does not compute: running it in fp32",
+                    uri,
+                    pinned_runtime(runtime),
+                )
+                precision = "fp32"
         try:
             state = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
             backbone = rebuild_backbone(card.backbone, card.preprocess, state)

@@ -6,10 +6,14 @@
 - `feature_onnx` exports the backbone (uint8 pixels -> normalization -> the network cut at its feature nodes ->
   pooling and style statistics) to ONNX once per backbone identity and keeps it in the cache folder; ONNX Runtime
   and OpenVINO both read that file, so every runtime computes the same graph.
+- `int8_onnx` quantizes that export once per backbone (ONNX Runtime's post-training static quantization: QDQ,
+  per-channel int8 weights, activations calibrated on a fixed, seeded choice of the shipped demo paintings), for
+  `--precision int8` on ONNX Runtime and OpenVINO. The calibration set ships with artistid, so a model trained on
+  int8 features gets the same graph on any machine, without its training images.
 - `choose_engine("auto", "auto", backbone)` times a short probe of each installed runtime (and of bf16 where it is
   native) on this machine and keeps the answer per machine and backbone identity, so later runs (and warm runs,
   which never build the network) just read it: native bf16 is not always faster (PyTorch's bf16 on a CPU without
-  AMX can be slower than its fp32), so it is measured, not assumed.
+  AMX can be slower than its fp32), so it is measured, not assumed. `auto` never picks int8: int8 only when asked.
 - `create_engine` returns the `Engine` that maps uint8 NHWC pixels to feature vectors.
 """
 
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from artistid.backbones import Backbone
+    from artistid.images import Preprocess
 
 __all__ = [
     "PRECISIONS",
@@ -49,11 +54,14 @@ __all__ = [
     "backbone_state",
     "candidates",
     "choose_engine",
+    "computes_int8",
     "create_engine",
     "cuda_present",
     "feature_module",
     "feature_onnx",
     "features_identity",
+    "int8_identity",
+    "int8_onnx",
     "machine",
     "trace_to_onnx",
 ]
@@ -61,14 +69,15 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Runtime = Literal["torch", "onnx", "openvino"]
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "int8"]
 RUNTIMES: tuple[str, ...] = ("torch", "onnx", "openvino")
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
-# Which runtime computes which precision here: ONNX Runtime's CPU kernels are fp32 only.
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "int8")
+# Which runtime computes which precision here: ONNX Runtime's CPU kernels have no bf16; int8 is the quantized ONNX
+# graph, which PyTorch does not run.
 _PRECISIONS_OF: dict[str, tuple[str, ...]] = {
     "torch": ("fp32", "bf16"),
-    "onnx": ("fp32",),
-    "openvino": ("fp32", "bf16"),
+    "onnx": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16", "int8"),
 }
 _MODULE_OF = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}
 FEATURES_INPUT, FEATURES_OUTPUT = "pixels", "features"
@@ -77,6 +86,8 @@ PROBE_SECONDS = 0.6  # per runtime, after a warm-up call
 PROBE_BATCH = 4
 PROBE_ROUNDS = 3
 BF16_MARGIN = 1.25  # bf16 is chosen over fp32 only when its probe is at least this much faster
+INT8_CALIBRATION_IMAGES = 64  # demo paintings that calibrate the int8 activations
+INT8_CALIBRATION_SEED = 0
 
 
 # --- the machine -----------------------------------------------------------------------------------------------
@@ -147,6 +158,13 @@ def machine() -> Machine:
 def available_runtimes() -> list[str]:
     """The runtimes whose package is installed, in the order of RUNTIMES."""
     return [name for name in RUNTIMES if importlib.util.find_spec(_MODULE_OF[name]) is not None]
+
+
+def computes_int8(runtime: str) -> bool:
+    """Whether `runtime` ("auto": any installed) runs the int8 graph here; ONNX Runtime makes that graph."""
+    if "onnx" not in available_runtimes():
+        return False
+    return runtime == "auto" or "int8" in _PRECISIONS_OF.get(runtime, ())
 
 
 # --- one forward pass for features, for PyTorch and for the ONNX export ------------------------------------------
@@ -220,6 +238,74 @@ def feature_onnx(backbone: Backbone, cache_dir: Path) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=1)
+def _calibration_paintings() -> tuple[tuple[str, bytes], ...]:
+    """The shipped demo set's Train paintings that calibrate int8: a fixed, seeded choice, as (name, bytes)."""
+    from importlib.resources import as_file, files
+
+    with as_file(files("artistid") / "demo_data" / "Train") as root:
+        paths = sorted(Path(root).glob("*/*.jpg"))
+        if len(paths) < INT8_CALIBRATION_IMAGES:
+            from artistid.errors import ArtistIdError
+
+            raise ArtistIdError(f"{root}: the demo paintings that calibrate int8 are missing from this installation")
+        chosen = np.random.default_rng(INT8_CALIBRATION_SEED).permutation(len(paths))[:INT8_CALIBRATION_IMAGES]
+        return tuple((paths[i].name, paths[i].read_bytes()) for i in sorted(chosen))
+
+
+def int8_identity(preprocess: Preprocess) -> str:
+    """What the int8 graph depends on besides its fp32 export: the calibration paintings, their preprocessing and
+    the quantizer's version (part of the int8 graph's file name and of the int8 vectors' cache key)."""
+    digest = hashlib.sha256(json.dumps([preprocess.key(), _versions().get("onnx", "")]).encode())
+    for name, data in _calibration_paintings():
+        digest.update(f"{name}\0{hashlib.sha256(data).hexdigest()}".encode())
+    return digest.hexdigest()[:16]
+
+
+def int8_onnx(backbone: Backbone, cache_dir: Path) -> Path:
+    """The feature graph quantized to int8, made once per export and calibration beside it in `cache_dir`/engines.
+
+    ONNX Runtime's static quantization in QDQ form (which OpenVINO reads too): per-channel int8 weights, uint8
+    activations whose ranges are the extremes seen on the calibration paintings, one at a time.
+    """
+    fp32 = feature_onnx(backbone, cache_dir)
+    path = fp32.with_name(f"{fp32.stem}-int8-{int8_identity(backbone.preprocess)}.onnx")
+    if path.exists():
+        return path
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from artistid.decoding import decode_bytes
+
+    batches = iter(
+        [
+            {FEATURES_INPUT: decode_bytes(i, data, name, backbone.preprocess).pixels_or_raise()[None]}
+            for i, (name, data) in enumerate(_calibration_paintings())
+        ]
+    )
+
+    class Paintings(CalibrationDataReader):
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(batches, None)
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="artistid-engine-", dir=path.parent) as scratch:
+        quantized = Path(scratch) / path.name
+        quantize_static(
+            str(fp32), str(quantized), Paintings(), quant_format=QuantFormat.QDQ, per_channel=True,
+            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+        )  # fmt: skip
+        storage.write_bytes_atomic(path, quantized.read_bytes())
+    logger.info(
+        "quantized the feature graph of %s to int8 in %s in %.1f s",
+        backbone.spec.name,
+        path,
+        time.perf_counter() - started,
+    )
+    return path
+
+
 # --- engines ---------------------------------------------------------------------------------------------------
 
 
@@ -250,14 +336,16 @@ class TorchEngine:
 
 
 class OnnxRuntimeEngine:
-    def __init__(self, path: Path, threads: int | None) -> None:
+    def __init__(self, path: Path, precision: Precision, threads: int | None) -> None:
         import onnxruntime as ort
 
         self.runtime: str = "onnx"
-        self.precision: str = "fp32"
+        self.precision: str = precision  # what the graph at `path` computes: fp32, or int8 where it is quantized
         options = ort.SessionOptions()
         # Idle pool threads that spin would take the cores from the processes decoding the next images.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Errors only: fusing an int8 graph's QDQ pairs leaves constants behind, and ORT warns of each one it drops.
+        options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
@@ -274,7 +362,8 @@ class OpenVinoEngine:
         self.runtime: str = "openvino"
         self.precision: str = precision
         config = {
-            # OpenVINO would pick bf16 by itself on AMX machines: the precision is ours to choose.
+            # OpenVINO would pick bf16 by itself on AMX machines: the precision is ours to choose. An int8 graph
+            # carries its own quantization; what it leaves in floating point stays fp32.
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "PERFORMANCE_HINT": "LATENCY",
         }
@@ -298,19 +387,27 @@ def create_engine(
     cache_dir: Path | None = None,
     threads: int | None = None,
 ) -> Engine:
-    """The engine that runs `backbone` on `runtime`; ONNX Runtime and OpenVINO read the cached ONNX export."""
-    if runtime == "torch":
-        return TorchEngine(backbone, precision, device)
+    """The engine that runs `backbone` on `runtime`; ONNX Runtime and OpenVINO read the cached ONNX export (in
+    int8: its quantized form)."""
     if runtime not in RUNTIMES:
         raise UsageError(f"runtime must be one of auto, {', '.join(RUNTIMES)}; got {runtime!r}")
+    if precision == "int8" and "int8" not in _PRECISIONS_OF[runtime]:
+        raise _int8_refused(runtime)
+    if runtime == "torch":
+        return TorchEngine(backbone, precision, device)
     if runtime not in available_runtimes():
         from artistid.errors import ArtistIdError
 
         raise ArtistIdError(f"the {runtime} runtime is not installed: pip install {_MODULE_OF[runtime]}")
-    path = feature_onnx(backbone, cache_dir or _default_cache_dir())
+    cache_dir = cache_dir or _default_cache_dir()
+    path = int8_onnx(backbone, cache_dir) if precision == "int8" else feature_onnx(backbone, cache_dir)
     if runtime == "onnx":
-        return OnnxRuntimeEngine(path, threads)
+        return OnnxRuntimeEngine(path, "int8" if precision == "int8" else "fp32", threads)
     return OpenVinoEngine(path, precision, threads)
+
+
+def _int8_refused(runtime: str) -> UsageError:
+    return UsageError(f"int8 runs on the onnx and openvino runtimes, not {runtime}: pass --runtime onnx or openvino")
 
 
 def _default_cache_dir() -> Path:
@@ -357,20 +454,27 @@ def probe(engine: Engine, side: int, seconds: float = PROBE_SECONDS, give_up_bel
 def candidates(runtime: str, precision: str) -> list[tuple[str, Precision]]:
     """The (runtime, precision) pairs that `runtime` and `precision` ("auto" or not) allow on this machine.
 
-    bf16 is a candidate only where the hardware computes it natively (AVX512-BF16 or AMX-BF16, or CUDA).
+    bf16 is a candidate only where the hardware computes it natively (AVX512-BF16 or AMX-BF16, or CUDA). int8 is
+    one only when asked for: it changes the features, so "auto" never trades them for speed.
     """
     if runtime != "auto" and runtime not in RUNTIMES:
         raise UsageError(f"runtime must be one of auto, {', '.join(RUNTIMES)}; got {runtime!r}")
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    if precision == "int8" and runtime != "auto" and "int8" not in _PRECISIONS_OF[runtime]:
+        raise _int8_refused(runtime)
     native = machine().bf16 or machine().cuda
     runtimes = available_runtimes() if runtime == "auto" else [runtime]
     pairs: list[tuple[str, Precision]] = []
     for name in runtimes:
-        for arithmetic in ("fp32", "bf16"):
-            allowed = precision == arithmetic or (precision == "auto" and (arithmetic == "fp32" or native))
+        for arithmetic in ("fp32", "bf16", "int8"):
+            allowed = precision == arithmetic or (
+                precision == "auto" and (arithmetic == "fp32" or (arithmetic == "bf16" and native))
+            )
             if allowed and arithmetic in _PRECISIONS_OF[name]:
                 pairs.append((name, arithmetic))
+    if not pairs and precision == "int8":
+        raise UsageError("int8 needs ONNX Runtime, which quantizes the graph: pip install onnxruntime")
     if not pairs:  # ONNX Runtime asked for bf16: it computes fp32
         logger.warning("the %s runtime computes in fp32 only; %s was asked for", runtime, precision)
         pairs = [(runtime, "fp32")]
@@ -389,13 +493,14 @@ def choose_engine(
 ) -> tuple[str, Precision]:
     """The runtime and precision to run `backbone` with: as asked, and where "auto", the fastest measured here.
 
-    On CUDA the answer is torch (the other two run on the CPU here), in bf16 unless fp32 was asked for. Otherwise,
-    where more than one pair of `candidates` remains, each is timed on a short probe (in rounds, so that a
-    neighbour's load falls on all of them alike); the speeds are kept in `cache_dir`/runtimes.json under the
-    machine, the libraries' versions, the backbone's identity and what was asked, and read back from then on.
+    On CUDA the answer is torch (the other two run on the CPU here), in bf16 unless fp32 was asked for; int8 stays on
+    the CPU runtimes. Otherwise, where more than one pair of `candidates` remains, each is timed on a short probe (in
+    rounds, so that a neighbour's load falls on all of them alike); the speeds are kept in `cache_dir`/runtimes.json
+    under the machine, the libraries' versions, the backbone's identity and what was asked, and read back from then
+    on.
     """
     pairs = candidates(runtime, precision)
-    if machine().cuda and runtime in ("auto", "torch"):
+    if machine().cuda and runtime in ("auto", "torch") and precision != "int8":
         return "torch", "fp32" if precision == "fp32" else "bf16"
     if len(pairs) == 1:
         return pairs[0]

@@ -99,7 +99,7 @@ class ModelIdentity(BaseModel):
     sha256: str = Field(description="sha256 of that file: which model answered.")
     backbone: str
     runtime: Runtime
-    precision: str = Field(description="Arithmetic of the forward pass: fp32 or bf16.")
+    precision: str = Field(description="Arithmetic of the forward pass: fp32, bf16 or int8.")
 
 
 class ModelInfo(BaseModel):

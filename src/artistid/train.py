@@ -115,8 +115,8 @@ class TrainSettings:
             raise UsageError(f"false_rejection (--false-rejection) must be in [0, 1); got {self.false_rejection}")
         if self.pooling not in POOLINGS:
             raise UsageError(f"pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise UsageError(f"precision must be auto, fp32 or bf16; got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "int8"):
+            raise UsageError(f"precision must be auto, fp32, bf16 or int8; got {self.precision!r}")
         Preprocess(size=self.image_size or 224, tiles=self.tiles)  # the input size and tiles in range
         self.head()._check_params()
 
