@@ -184,3 +184,68 @@ def test_a_model_trained_in_bf16_runs_in_fp32_where_bf16_is_not_native(
     assert read_card(path).precision == "bf16"
     assert Model.load(path).extractor.precision == "fp32"
     assert Model.load(path, runtime="torch").extractor.precision == "fp32"
+
+
+def test_int8_features_agree_with_fp32_within_tolerance(style_backbone, few_paintings: list[Sample]) -> None:
+    """The stated tolerance of int8 (the standard recipe's graph): cosine >= 0.95 to PyTorch fp32 on ONNX Runtime
+    and >= 0.98 on OpenVINO, for every painting, and >= 0.97 on average."""
+    fp32 = FeatureExtractor(style_backbone, runtime="torch", precision="fp32")
+    reference = featurize(few_paintings, fp32, workers=0, progress=False).features
+    for runtime, least in (("onnx", 0.95), ("openvino", 0.98)):
+        extractor = FeatureExtractor(style_backbone, runtime=runtime, precision="int8")
+        assert (extractor.runtime, extractor.precision) == (runtime, "int8")
+        vectors = featurize(few_paintings, extractor, workers=0, progress=False).features
+        cosine = (reference * vectors).sum(1) / np.linalg.norm(reference, axis=1) / np.linalg.norm(vectors, axis=1)
+        assert cosine.min() >= least and cosine.mean() >= 0.97, (runtime, cosine)
+
+
+def test_int8_is_made_once_beside_the_export_has_its_own_cache_key_and_is_never_auto(style_backbone) -> None:
+    fp32 = FeatureExtractor(style_backbone, runtime="onnx", precision="fp32")
+    int8 = FeatureExtractor(style_backbone, runtime="onnx", precision="int8")
+    # The same backbone and runtime; the precision, with what calibrated it, tells the vectors apart.
+    assert int8.identity().rpartition("/")[0] == fp32.identity().rpartition("/")[0]
+    assert int8.identity().rpartition("/")[2] == f"int8-{runtimes.int8_identity(style_backbone.preprocess)}"
+    quantized = runtimes.int8_onnx(style_backbone, int8.cache_dir)
+    assert quantized.name.startswith(runtimes.feature_onnx(style_backbone, int8.cache_dir).stem + "-int8-")
+    made = quantized.stat().st_mtime_ns
+    assert runtimes.int8_onnx(style_backbone, int8.cache_dir).stat().st_mtime_ns == made  # read back, not remade
+    assert all(precision != "int8" for _, precision in candidates("auto", "auto"))
+    assert candidates("auto", "int8") == [(r, "int8") for r in runtimes.available_runtimes() if r != "torch"]
+
+
+def test_int8_on_torch_is_a_one_line_usage_error(small_dataset: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from artistid.cli import app
+
+    featurize_command = ["featurize", str(small_dataset), "-o", str(tmp_path / "f.parquet")]
+    for command in (featurize_command, ["train", str(small_dataset), "-o", str(tmp_path / "m.safetensors")]):
+        result = CliRunner().invoke(app, [*command, "--runtime", "torch", "--precision", "int8", "-q"])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == (
+            "artistid: error: int8 runs on the onnx and openvino runtimes, not torch: pass --runtime onnx or openvino"
+        )
+
+
+def test_a_model_trained_in_int8_predicts_in_int8_and_in_fp32_on_torch(
+    small_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from typer.testing import CliRunner
+
+    from artistid.cli import app
+
+    output = tmp_path / "int8.safetensors"
+    command = ["train", str(small_dataset), "-o", str(output), "--precision", "int8", "--runtime", "onnx"]
+    result = CliRunner().invoke(app, [*command, "--cache-dir", str(tmp_path), "--photographed", "0", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["metrics"]["accuracy"] >= 0.5
+    assert read_card(output).precision == "int8"
+    model = Model.load(output)  # the precision it was trained with, where the runtime computes it
+    assert (model.extractor.runtime, model.extractor.precision) == ("onnx", "int8")
+    paintings = sorted((small_dataset / "Test").rglob("*.jpg"))
+    answers = model.predict(paintings)
+    assert np.mean([answer == path.parent.name for answer, path in zip(answers, paintings, strict=True)]) >= 0.5
+    with caplog.at_level("WARNING", logger="artistid.model"):
+        on_torch = Model.load(output, runtime="torch")
+    assert (on_torch.extractor.precision, on_torch.card.precision) == ("fp32", "int8")
+    assert "trained on int8 features" in caplog.text
