@@ -88,6 +88,20 @@ def test_out_of_fold_scores_come_from_heads_that_did_not_see_the_row() -> None:
     assert softmax(scores).max(axis=1).mean() < full.predict_proba(X).max(axis=1).mean()
 
 
+def test_a_photo_of_a_held_out_painting_never_teaches_the_fold_that_scores_it() -> None:
+    rng = np.random.default_rng(2)
+    X = rng.normal(0, 1.0, size=(60, 80)).astype(np.float32)
+    y = rng.permutation(np.repeat(np.array(["a", "b"]), 30))  # no signal: only memorizing can score above chance
+    photos = X + rng.normal(0, 0.05, X.shape).astype(np.float32)  # a near copy of each row, under its label
+    head = ArtistHead(solver="lbfgs", standardize=True, l2=0.001)
+    taught = out_of_fold_scores(head, X, y, folds=5, extra=(photos, y, np.arange(60)))
+    # Had a held-out row's photo taught its fold, that fold would have memorized the row.
+    leaked = out_of_fold_scores(head, np.vstack([X, photos]), np.concatenate([y, y]), folds=5)[:60]
+    truth = (y == "b").astype(int)
+    assert np.mean(leaked.argmax(axis=1) == truth) >= 0.78
+    assert np.mean(taught.argmax(axis=1) == truth) <= 0.7
+
+
 # --- the model file and the commands ------------------------------------------------------------------------------
 
 

@@ -43,6 +43,23 @@ def test_the_gate_refuses_what_lies_far_from_every_painting() -> None:
     assert np.all(gate.scores(elsewhere) < gate.threshold)
 
 
+def test_the_gate_compares_only_its_columns() -> None:
+    rng = np.random.default_rng(1)
+    content = rng.normal(0, 1, (200, 8)) + 5
+    paintings = np.hstack([rng.normal(0, 1, (200, 24)), content])  # the first 24 columns are noise
+    gate = fit_painting_gate(paintings, np.zeros((0, 32)), [], columns=(24, 32), neighbours=5, false_rejection=0.02)
+    assert gate.describe()["columns"] == [24, 32] and gate.reference.shape == (200, 8)
+    moved = np.hstack([rng.normal(0, 1, (50, 24)) + 100, rng.normal(0, 1, (50, 8)) + 5])
+    assert np.mean(gate.scores(moved) < gate.threshold) <= 0.1  # what lies outside its columns does not count
+
+
+def test_the_standard_models_gate_reads_the_last_layer(demo_model) -> None:
+    # The pooled vector of the whole painting (EfficientNet-Lite0: 1280 wide), after the style statistics.
+    start, stop = demo_model.gates.painting.columns
+    assert stop - start == 1280 and start > 0
+    assert demo_model.card.refusals["not_a_painting"]["columns"] == [start, stop]
+
+
 def test_scores_travel_with_the_probabilities_and_come_back_apart() -> None:
     probabilities = np.array([[0.7, 0.3], [0.1, 0.9]])
     rows = stack_scores(probabilities, np.array([0.5, 0.2]), None)
@@ -56,8 +73,8 @@ def test_photos_and_made_up_non_paintings_are_not_paintings(demo_model) -> None:
     photos = _photos(16)
     answers = demo_model.answer(photos)
     refused = [a for a in answers if a.refusal == NOT_A_PAINTING]
-    # The demo model knows only 240 training paintings: at least four photos in five are refused even so.
-    assert len(refused) >= 13, [(p.name, a.artist) for p, a in zip(photos, answers, strict=True)]
+    # The demo model knows only 240 training paintings: at least seven photos in eight are refused even so.
+    assert len(refused) >= 14, [(p.name, a.artist) for p, a in zip(photos, answers, strict=True)]
     assert all(a.closest in demo_model.classes_ for a in answers)  # the closest artist stays as a hint
     made = list(non_paintings(per_kind=3, seed=5))
     made_answers = demo_model.answer([image for _, image in made])
@@ -80,10 +97,10 @@ def test_paintings_scanned_or_photographed_in_their_frames_are_answered(demo_mod
             photographed.append(photograph(painting, rng, background=background))
     answers = demo_model.answer(photographed)
     assert np.mean([a.refusal == NOT_A_PAINTING for a in answers]) <= 0.15
-    # Photographed, they are named right less often than scanned (the room's clutter reaches the features;
-    # bench/refusals.py measures the gap), but far more often than by chance.
+    # Photographed, they are named right a little less often than scanned (the photo is small, relit and blurred;
+    # bench/refusals.py measures the gap): the head sees their central square, and learnt from photos.
     accuracy = np.mean([a.closest == artist for a, (_, artist) in zip(answers, paintings, strict=True)])
-    assert scan_accuracy >= 0.85 and accuracy >= 0.45
+    assert scan_accuracy >= 0.85 and accuracy >= 0.65 and scan_accuracy - accuracy <= 0.2
 
 
 def test_others_teach_it_who_it_does_not_know(demo_data: Path, cache_dir: Path) -> None:

@@ -21,11 +21,12 @@ import pytest
 from artistid import runtimes
 from artistid.backbones import create_backbone
 from artistid.datasets import Sample, load_split
+from artistid.errors import ArtistIdError
 from artistid.features import FeatureCache, FeatureExtractor, featurize
 from artistid.model import Model
 from artistid.model_file import read_card
 from artistid.runtimes import Machine, candidates, choose_engine
-from artistid.train import STANDARD_FEATURE_NODES
+from artistid.train import STANDARD_FEATURE_NODES, TrainSettings, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,6 +114,15 @@ def test_auto_runtime_is_measured_once_per_machine_and_remembered(
     assert measured == []
 
 
+def test_a_probe_where_no_runtime_ran_is_an_error_and_not_remembered(style_backbone, tmp_path: Path) -> None:
+    def broken(runtime: str, precision: str, give_up_below: float) -> float:
+        raise RuntimeError(f"{runtime} cannot run this graph")
+
+    with pytest.raises(ArtistIdError, match="no runtime could run"):
+        choose_engine("auto", "fp32", style_backbone, cache_dir=tmp_path, measure=broken)
+    assert not (tmp_path / "runtimes.json").exists()
+
+
 def test_runtimes_give_the_same_features_within_tolerance(style_backbone, few_paintings: list[Sample]) -> None:
     features = {}
     for runtime, precision in (("torch", "fp32"), ("onnx", "fp32"), ("openvino", "fp32"), ("openvino", "bf16")):
@@ -147,6 +157,26 @@ def test_cache_keys_name_the_runtime_and_precision_and_a_warm_run_builds_nothing
     assert len(identities) == 2
     assert not backbone.built  # every vector came from the cache: no network was built
     np.testing.assert_array_equal(warm.features, cold.features)
+
+
+def test_a_warm_train_makes_no_photo_and_builds_no_network(
+    small_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    samples, _ = load_split(str(small_dataset / "Train"))
+    settings = TrainSettings(photographed=8, calibration_folds=2)
+    with FeatureCache(tmp_path / "cache") as cache:
+        cold = train(samples, settings, cache=cache, progress=False).model
+
+        def no_photo(*args: object, **kwargs: object) -> None:
+            raise AssertionError("a warm train photographed a painting")
+
+        monkeypatch.setattr("artistid.train.photograph", no_photo)
+        warm = train(samples, settings, cache=cache, progress=False).model
+    assert not warm.backbone.built
+    assert cold.gates.painting is not None and warm.gates.painting is not None
+    assert warm.gates.painting.n_photographed == cold.gates.painting.n_photographed == 8
+    # The photos' vectors came from the cache: the same photos, drawn from each painting's content and the seed.
+    np.testing.assert_array_equal(warm.gates.painting.reference, cold.gates.painting.reference)
 
 
 def _hashes(cache: FeatureCache, samples: list[Sample]) -> list[str]:

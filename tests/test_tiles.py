@@ -34,6 +34,21 @@ def test_a_tiled_painting_has_the_features_of_the_whole_and_the_mean_of_its_squa
     assert tiled.preprocess.tiles == 2 and tiled.preprocess.side == 128
 
 
+def test_the_centre_view_adds_the_features_of_the_central_square_of_half_the_side() -> None:
+    cut = {"pooling": "meanstd", "feature_nodes": ("blocks.2", "global_pool.flatten"), "input_size": 64}
+    centred = create_backbone("efficientnet_lite0", centre=True, **cut)  # type: ignore[arg-type]
+    whole = create_backbone("efficientnet_lite0", **cut)  # type: ignore[arg-type]
+    assert centred.preprocess.side == 128 and centred.preprocess.key().endswith("/centre")
+    batch = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        expected = torch.cat([whole(torch.nn.functional.avg_pool2d(batch, 2)), whole(batch[:, :, 32:96, 32:96])], 1)
+        assert torch.allclose(centred(batch), expected, atol=1e-4)
+    # Per node, of the whole painting's part: blocks.2's channel means and deviations, then the pooled vector.
+    assert centred.node_widths() == (2 * 40, 1280)
+    with pytest.raises(ValueError, match="centre view takes 1 or 2 tiles"):
+        Preprocess(size=64, tiles=3, centre=True)
+
+
 def test_preprocess_decodes_the_whole_grid_and_keys_the_cache_by_it(tmp_path: Path) -> None:
     painting = tmp_path / "wide.png"
     Image.new("RGB", (300, 100), (200, 30, 30)).save(painting)

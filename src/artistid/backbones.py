@@ -61,6 +61,7 @@ class BackboneSpec:
     feature_nodes: tuple[str, ...]  # default layer(s) to cut at; a pooled layer gives a vector
     input_size: int = 224
     tiles: int = 1  # the network sees a painting as tiles x tiles squares of input_size pixels (Preprocess.tiles)
+    centre: bool = False  # and its central square of half the side (Preprocess.centre)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     # Where the ImageNet weights come from: a Python package that ships the file, or a URL with its sha256 prefix.
@@ -77,7 +78,12 @@ class BackboneSpec:
     @property
     def preprocess(self) -> Preprocess:
         return Preprocess(
-            size=self.input_size, mean=self.mean, std=self.std, tiles=self.tiles, interpolation=self.interpolation
+            size=self.input_size,
+            mean=self.mean,
+            std=self.std,
+            tiles=self.tiles,
+            interpolation=self.interpolation,
+            centre=self.centre,
         )
 
 
@@ -490,48 +496,77 @@ class Backbone:
         grid = maps.reshape(-1, tiles, tiles, channels, height, width).permute(0, 3, 1, 4, 2, 5)
         return grid.reshape(-1, channels, tiles * height, tiles * width)
 
+    def _node_parts(self, output: torch.Tensor) -> list[torch.Tensor]:
+        """One feature node's output as the vectors it adds to the features, in order."""
+        if output.ndim == 4:
+            flat = output.float().flatten(2)
+            # channel statistics of a layer: a painting's "style"
+            return [flat.mean(2), flat.std(2)] if self.pooling == "meanstd" else [flat.mean(2)]
+        if output.ndim == 3:  # a transformer's tokens (N, T, C): its class token, and its patch tokens pooled
+            tokens = output.float()
+            patches = tokens[:, self._prefix_tokens :]
+            parts = [tokens[:, 0]] if self._prefix_tokens else []
+            parts.append(patches.mean(1))
+            if self.pooling == "meanstd":
+                parts.append(patches.std(1))
+            return parts
+        return [output.float().flatten(1)]
+
     def pooled(self, batch: torch.Tensor) -> torch.Tensor:
         """One pass of the network: the feature nodes' outputs, pooled and concatenated."""
         import torch
 
-        parts = []
-        for output in self._extractor()(batch):
-            if output.ndim == 4:
-                flat = output.float().flatten(2)
-                parts.append(flat.mean(2))
-                if self.pooling == "meanstd":  # channel statistics of a layer: a painting's "style"
-                    parts.append(flat.std(2))
-            elif output.ndim == 3:  # a transformer's tokens (N, T, C): its class token, and its patch tokens pooled
-                tokens = output.float()
-                patches = tokens[:, self._prefix_tokens :]
-                if self._prefix_tokens:
-                    parts.append(tokens[:, 0])
-                parts.append(patches.mean(1))
-                if self.pooling == "meanstd":
-                    parts.append(patches.std(1))
-            else:
-                parts.append(output.float().flatten(1))
-        return torch.cat(parts, dim=1)
+        return torch.cat([part for output in self._extractor()(batch) for part in self._node_parts(output)], dim=1)
+
+    def node_widths(self) -> tuple[int, ...]:
+        """How many columns of a feature vector each feature node gives, in order (of the whole painting's part).
+
+        Measured on one blank image: builds the network.
+        """
+        import torch
+
+        side = self.spec.input_size
+        with torch.inference_mode():
+            outputs = self._extractor()(torch.zeros(1, 3, side, side).contiguous(memory_format=torch.channels_last))
+        return tuple(sum(part.shape[1] for part in self._node_parts(output)) for output in outputs)
 
     def whole(self, batch: torch.Tensor) -> torch.Tensor:
         """Features of the whole painting at the network's input size (the tiled input averaged down)."""
         import torch.nn.functional as F
 
-        return self.pooled(F.avg_pool2d(batch, self.spec.tiles) if self.spec.tiles > 1 else batch)
+        factor = self.spec.preprocess.side // self.spec.input_size
+        return self.pooled(F.avg_pool2d(batch, factor) if factor > 1 else batch)
 
     def squares(self, batch: torch.Tensor) -> torch.Tensor:
         """The mean features of the painting's tiles x tiles squares, each at the network's input size."""
         features = self.pooled(self.tile(batch))
         return features.reshape(-1, self.spec.tiles**2, features.shape[1]).mean(1)
 
+    def centre(self, batch: torch.Tensor) -> torch.Tensor:
+        """Features of the painting's central square of half the side, resized to the network's input size."""
+        import torch
+        import torch.nn.functional as F
+
+        side = batch.shape[-1]
+        middle = batch[..., side // 4 : side // 4 + side // 2, side // 4 : side // 4 + side // 2]
+        size = self.spec.input_size
+        if middle.shape[-1] != size:
+            middle = F.interpolate(middle, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return self.pooled(middle.contiguous(memory_format=torch.channels_last))
+
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         import torch
 
-        if self.spec.tiles == 1:
+        if self.spec.tiles == 1 and not self.spec.centre:
             return self.pooled(batch)
-        # Two scales: the whole composition, and the brushwork of its squares (bench/recipes.py: on paintings3 the
-        # pair beats the whole painting alone by 0.7 points of cross-validated accuracy; the squares alone do not).
-        return torch.cat([self.whole(batch), self.squares(batch)], dim=1)
+        views = [self.whole(batch)]
+        if self.spec.tiles > 1:
+            # Two scales: the whole composition, and the brushwork of its squares (bench/recipes.py: on paintings3 the
+            # pair beats the whole painting alone by 0.7 points of cross-validated accuracy; the squares alone do not).
+            views.append(self.squares(batch))
+        if self.spec.centre:
+            views.append(self.centre(batch))
+        return torch.cat(views, dim=1)
 
 
 def create_backbone(
@@ -543,6 +578,7 @@ def create_backbone(
     pretrained: bool = True,
     input_size: int | None = None,
     tiles: int = 1,
+    centre: bool = False,
 ) -> Backbone:
     """The one factory: builds the network, loads its pretrained weights strictly, and cuts it.
 
@@ -557,8 +593,8 @@ def create_backbone(
                 f"drop --image-size {input_size}, or use --tiles to see large scans as squares of {spec.input_size} px"
             )
         spec = replace(spec, input_size=input_size)
-    if tiles != spec.tiles:
-        spec = replace(spec, tiles=tiles)
+    if tiles != spec.tiles or centre != spec.centre:
+        spec = replace(spec, tiles=tiles, centre=centre)
     if not pretrained:
         return Backbone(spec, build_network(spec), feature_nodes, pooling)
     path, origin = _resolve_weights_file(spec, weights)
@@ -585,6 +621,7 @@ def rebuild_backbone(card: BackboneCard, preprocess: Preprocess, state: dict[str
         feature_nodes=card.feature_nodes,
         input_size=preprocess.size,
         tiles=preprocess.tiles,
+        centre=preprocess.centre,
         mean=preprocess.mean,
         std=preprocess.std,
         interpolation=preprocess.interpolation,

@@ -125,10 +125,19 @@ def calibrate(
     return calibration
 
 
-def out_of_fold_scores(head: Any, X: np.ndarray, y: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
+def out_of_fold_scores(
+    head: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: int = 5,
+    seed: int = 0,
+    *,
+    extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
     """Scores of every training row from a copy of `head` fitted without it (stratified k-fold cross-fitting).
 
-    Columns follow `np.unique(y)`, as the head's `classes_` do.
+    Columns follow `np.unique(y)`, as the head's `classes_` do. `extra` = (rows, labels, of): more training rows,
+    each derived from row `of[i]` of X (a photo of that painting); a fold learns from those of its own rows only.
     """
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold
@@ -137,7 +146,11 @@ def out_of_fold_scores(head: Any, X: np.ndarray, y: np.ndarray, folds: int = 5, 
     classes = np.unique(y)
     scores = np.zeros((len(y), len(classes)), dtype=np.float64)
     for train_rows, held_rows in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
-        fold_head = clone(head).fit(X[train_rows], y[train_rows])
+        X_fit, y_fit = X[train_rows], y[train_rows]
+        if extra is not None and len(extra[0]):
+            taught = np.isin(extra[2], train_rows)
+            X_fit, y_fit = np.vstack([X_fit, extra[0][taught]]), np.concatenate([y_fit, extra[1][taught]])
+        fold_head = clone(head).fit(X_fit, y_fit)
         columns = np.searchsorted(classes, fold_head.classes_)
         # A class missing from a fold's training part gets no score: it can never win there.
         scores[held_rows] = -np.inf if len(columns) < len(classes) else 0.0

@@ -130,6 +130,13 @@ Tiles = Annotated[
         "--tiles", help="Also see each painting as N x N squares of the input size (brushwork of large scans)."
     ),
 ]
+Centre = Annotated[
+    bool,
+    typer.Option(
+        "--centre/--no-centre",
+        help="Also see each painting's central square of half the side (a photographed painting without its wall).",
+    ),
+]
 Engine = Annotated[str, typer.Option("--engine", help="local, or spark: run on Apache Spark (the spark extra).")]
 Master = Annotated[
     str | None, typer.Option("--master", help="Spark master, e.g. local[2]; default: spark-submit's, else local[*].")
@@ -289,6 +296,7 @@ def featurize(
         int | None, typer.Option(help="Backbone input side in pixels (default: the backbone's own).")
     ] = None,
     tiles: Tiles = 1,
+    centre: Centre = False,
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
     workers: Workers = None,
@@ -324,6 +332,7 @@ def featurize(
         pooling=pooling,  # type: ignore[arg-type]
         input_size=image_size,
         tiles=tiles,
+        centre=centre,
     )
     extractor = FeatureExtractor(network, precision=precision, runtime=runtime)  # type: ignore[arg-type]
     if spark is not None:
@@ -427,6 +436,20 @@ def train(
         int | None,
         typer.Option(help="Also see each painting as N x N squares of the input size (brushwork of large scans)."),
     ] = None,
+    centre: Annotated[
+        bool | None,
+        typer.Option(
+            "--centre/--no-centre",
+            help="Also see each painting's central square of half the side (a photo of a painting, without its wall).",
+        ),
+    ] = None,
+    learn_from_photos: Annotated[
+        bool | None,
+        typer.Option(
+            "--learn-from-photos/--no-learn-from-photos",
+            help="The head learns from the photos of training paintings in their frames too (see --photographed).",
+        ),
+    ] = None,
     solver: Annotated[str | None, typer.Option(help="Head solver: sgd (the reference recipe) or lbfgs.")] = None,
     standardize: Annotated[bool | None, typer.Option(help="Standardize the features before the head.")] = None,
     calibration_folds: Annotated[
@@ -493,6 +516,8 @@ def train(
         seed=seed,
         image_size=image_size,
         tiles=tiles,
+        centre=centre,
+        learn_from_photos=learn_from_photos,
         solver=solver,
         standardize=standardize,
         calibration_folds=calibration_folds,

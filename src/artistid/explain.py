@@ -87,11 +87,25 @@ def _scorer(module: ArtistForward, view: View, columns: slice) -> nn.Module:
 def _views(model: Model) -> list[tuple[View, slice, View | None]]:
     """The passes whose features the head reads: (view, its columns of the head, how to put its map together)."""
     backbone = model.backbone
-    if backbone.spec.tiles == 1:
+    if backbone.spec.tiles == 1 and not backbone.spec.centre:
         return [(backbone.pooled, slice(None), None)]
-    # A tiled model reads the whole painting, then its squares (run as a batch, their maps stitched back together).
-    half = int(model.head.n_features_in_) // 2
-    return [(backbone.whole, slice(0, half), None), (backbone.squares, slice(half, None), backbone.stitch)]
+    # The whole painting first, then its squares (run as a batch, their maps stitched back together), then its
+    # central square (its map put back in the middle of the painting): each view has as many columns.
+    views: list[tuple[View, View | None]] = [(backbone.whole, None)]
+    if backbone.spec.tiles > 1:
+        views.append((backbone.squares, backbone.stitch))
+    if backbone.spec.centre:
+        views.append((backbone.centre, _in_the_middle))
+    width = int(model.head.n_features_in_) // len(views)
+    return [(view, slice(i * width, (i + 1) * width), reshape) for i, (view, reshape) in enumerate(views)]
+
+
+def _in_the_middle(maps: torch.Tensor) -> torch.Tensor:
+    """The central square's maps (N, C, h, w) in the middle of a map of the whole painting (N, C, 2h, 2w)."""
+    import torch.nn.functional as F
+
+    height, width = maps.shape[-2:]
+    return F.pad(maps, (width // 2, width - width // 2, height // 2, height - height // 2))
 
 
 def grad_cam(model: Model, image: ImageInput, artist: str | None = None, *, name: str | None = None) -> Explanation:

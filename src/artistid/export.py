@@ -89,6 +89,7 @@ def pipeline_module(model: Model) -> nn.Module:
             self.other_bias: torch.Tensor
             self.other_mask: torch.Tensor
             self.neighbours = 0 if painting is None else max(1, min(painting.neighbours, len(painting.reference)))
+            self.columns = (0, 0) if painting is None else painting.columns
             if painting is not None:
                 self.register_buffer("reference", torch.as_tensor(painting.reference, dtype=torch.float32))
             self.has_other = other is not None
@@ -102,7 +103,8 @@ def pipeline_module(model: Model) -> nn.Module:
             features = outputs.features.float()
             found = [outputs.probabilities]
             if self.neighbours:
-                unit = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                compared = features[:, self.columns[0] : self.columns[1]]
+                unit = compared / compared.norm(dim=1, keepdim=True).clamp_min(1e-12)
                 found.append(torch.topk(unit @ self.reference.T, self.neighbours, dim=1).values.mean(dim=1))
             if self.has_other:
                 others = torch.softmax(features @ self.other_weight.T + self.other_bias, dim=1)

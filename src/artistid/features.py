@@ -36,6 +36,7 @@ from artistid.runtimes import (
     features_identity,
     int8_identity,
     machine,
+    node_widths,
 )
 
 if TYPE_CHECKING:
@@ -135,6 +136,12 @@ class FeatureExtractor:
     def features_identity(self) -> str:
         """What the vectors are, whichever runtime computes them: backbone, cut, pooling and preprocessing."""
         return features_identity(self.backbone)
+
+    def last_layer_columns(self) -> tuple[int, int]:
+        """The columns of a vector that the last feature node gives (in the whole painting's part): what the network
+        makes of an image's content rather than of its brushwork."""
+        widths = node_widths(self.backbone, self.cache_dir)
+        return sum(widths[:-1]), sum(widths)
 
     @property
     def engine(self) -> Engine:

@@ -45,6 +45,9 @@ class Preprocess:
     (averaged down to `size`) and as a grid of `tiles` x `tiles` squares of `size` pixels (see
     `artistid.backbones.Backbone`): the brushwork of a large scan survives while each view keeps the scale the network
     was trained at.
+
+    With `centre`, the backbone also sees the central square of half the side at `size` pixels: in a photo of a
+    painting on a wall that square is the painting's own surface, without its frame and the room around it.
     """
 
     size: int = 224
@@ -53,6 +56,7 @@ class Preprocess:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     tiles: int = 1
     interpolation: Interpolation = "bilinear"  # as the network was trained (timm's pretrained config says which)
+    centre: bool = False
 
     def __post_init__(self) -> None:
         if self.fit not in ("stretch", "crop", "pad"):
@@ -63,17 +67,21 @@ class Preprocess:
             raise UsageError(f"size must be between 16 and 2048 pixels; got {self.size}")
         if not 1 <= self.tiles <= 8 or self.side > 4096:
             raise UsageError(f"tiles must be between 1 and 8, and tiles x size at most 4096 pixels; got {self.tiles}")
+        if self.centre and self.tiles > 2:
+            raise UsageError(f"the centre view takes 1 or 2 tiles (its square is half the side); got {self.tiles}")
 
     @property
     def side(self) -> int:
         """The side of the square the painting is fitted to, in pixels."""
-        return self.size * self.tiles
+        return self.size * max(self.tiles, 2 if self.centre else 1)
 
     def key(self) -> str:
         """A short string naming everything that changes the pixels; part of the feature cache key."""
         key = f"decode-v1/{self.size}/{self.fit}/{self.mean}/{self.std}"
         if self.tiles != 1:
             key += f"/tiles{self.tiles}"
+        if self.centre:
+            key += "/centre"
         return key if self.interpolation == "bilinear" else f"{key}/{self.interpolation}"
 
 

@@ -2,9 +2,11 @@
 
 - `PaintingGate` ("is this a painting at all?"): the painting score of an image is its mean cosine similarity to
   its nearest neighbours among the model's own training paintings and photos of them in their frames
-  (`artistid.synthetic.photograph`). Everyday photos, scanned letters, screenshots, noise and tiny images lie far
-  from every painting; a photographed painting lies near the photos of paintings. Every trained model has one: it
-  needs no data beyond the training set, works for any backbone and costs one small matrix product per image.
+  (`artistid.synthetic.photograph`), in the columns of the backbone's last feature node: what the network makes of
+  the image's content (a layer's style statistics say more about brushwork than about what is shown, and would let
+  photos pass). Everyday photos, scanned letters, screenshots, noise and tiny images lie far from every painting; a
+  photographed painting lies near the photos of paintings. Every trained model has one: it needs no data beyond
+  the training set, works for any backbone and costs one small matrix product per image.
 - `OtherGate` ("is this painting by someone else?", from `train --others`): a logistic regression over the known
   artists and the other painters, fitted apart from the artist head; the other score is the probability it gives
   to the other painters together. The artist head never sees the others, so its calibrated probabilities over the
@@ -79,6 +81,7 @@ class PaintingGate:
     """Below `threshold`, an image's painting score says: not a painting."""
 
     reference: np.ndarray  # (n, d) unit vectors: the training paintings, then the photos of some of them
+    columns: tuple[int, int]  # the feature columns [start, stop) compared: the last feature node's
     neighbours: int
     threshold: float
     false_rejection: float  # the share of training paintings (left out one at a time) below the threshold
@@ -86,11 +89,13 @@ class PaintingGate:
     n_photographed: int
 
     def scores(self, features: np.ndarray) -> np.ndarray:
-        return painting_similarity(features, self.reference, self.neighbours)
+        start, stop = self.columns
+        return painting_similarity(np.asarray(features)[:, start:stop], self.reference, self.neighbours)
 
     def describe(self) -> dict[str, Any]:
         return {
             "score": "mean cosine similarity to the nearest training paintings and photos of them",
+            "columns": list(self.columns),
             "neighbours": self.neighbours,
             "threshold": self.threshold,
             "false_rejection": self.false_rejection,
@@ -103,17 +108,21 @@ class PaintingGate:
 def fit_painting_gate(
     paintings: np.ndarray,
     photographs: np.ndarray,
-    photographed_from: Sequence[int],
+    photographed_from: Sequence[int] | np.ndarray,
     *,
+    columns: tuple[int, int] | None = None,
     neighbours: int = PAINTING_NEIGHBOURS,
     false_rejection: float = DEFAULT_PAINTING_FALSE_REJECTION,
 ) -> PaintingGate:
     """The gate for these training paintings and photos of them (`photographed_from[j]`: the painting of photo j).
 
-    Each painting is scored without itself and without the photos of it, as a new painting would be.
+    Each painting is scored without itself and without the photos of it, as a new painting would be. `columns`:
+    the feature columns [start, stop) compared [default: all].
     """
     paintings = np.asarray(paintings, dtype=np.float32)
-    photographs = np.asarray(photographs, dtype=np.float32).reshape(-1, paintings.shape[1])
+    start, stop = columns if columns is not None else (0, paintings.shape[1])
+    photographs = np.asarray(photographs, dtype=np.float32).reshape(-1, paintings.shape[1])[:, start:stop]
+    paintings = paintings[:, start:stop]
     reference = _unit(np.vstack([paintings, photographs]))
     source = np.concatenate([np.arange(len(paintings)), np.asarray(photographed_from, dtype=np.int64)])
     exclude = source[None, :] == np.arange(len(paintings))[:, None]
@@ -121,6 +130,7 @@ def fit_painting_gate(
     threshold = choose_threshold(left_out, false_rejection)
     gate = PaintingGate(
         reference=reference,
+        columns=(int(start), int(stop)),
         neighbours=int(neighbours),
         threshold=float(threshold),
         false_rejection=float(np.mean(left_out < threshold)),
@@ -274,8 +284,12 @@ class RefusalGates:
         painting = other = None
         if section.get("not_a_painting"):
             meta = section["not_a_painting"]
+            reference = np.asarray(tensors["refusals.painting.reference"], dtype=np.float32)
+            # a model file from before the gate chose its columns compares whole vectors
+            start, stop = meta.get("columns") or (0, reference.shape[1])
             painting = PaintingGate(
-                reference=np.asarray(tensors["refusals.painting.reference"], dtype=np.float32),
+                reference=reference,
+                columns=(int(start), int(stop)),
                 neighbours=int(meta["neighbours"]),
                 threshold=float(meta["threshold"]),
                 false_rejection=float(meta["false_rejection"]),

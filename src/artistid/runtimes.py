@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import numpy as np
 
 from artistid import storage
-from artistid.errors import UsageError
+from artistid.errors import ArtistIdError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -216,10 +216,29 @@ def features_identity(backbone: Backbone) -> str:
     return f"{backbone.identity()}/{backbone.preprocess.key()}"
 
 
+def _engine_path(backbone: Backbone, cache_dir: Path, suffix: str) -> Path:
+    digest = hashlib.sha256(features_identity(backbone).encode()).hexdigest()[:32]
+    return cache_dir / "engines" / f"features-{digest}{suffix}"
+
+
+def node_widths(backbone: Backbone, cache_dir: Path) -> tuple[int, ...]:
+    """`Backbone.node_widths`, remembered beside the feature graph: a run with a cached graph builds no network."""
+    path = _engine_path(backbone, cache_dir, ".widths.json")
+    try:
+        return tuple(int(width) for width in json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        pass
+    widths = backbone.node_widths()
+    try:
+        storage.write_bytes_atomic(path, json.dumps(widths).encode())
+    except OSError as exc:
+        logger.warning("cannot remember the feature widths in %s (%s)", path, exc)
+    return widths
+
+
 def feature_onnx(backbone: Backbone, cache_dir: Path) -> Path:
     """The backbone's feature graph as ONNX, exported once per backbone identity into `cache_dir`/engines."""
-    digest = hashlib.sha256(features_identity(backbone).encode()).hexdigest()[:32]
-    path = cache_dir / "engines" / f"features-{digest}.onnx"
+    path = _engine_path(backbone, cache_dir, ".onnx")
     if path.exists():
         return path
     import tempfile
@@ -232,6 +251,7 @@ def feature_onnx(backbone: Backbone, cache_dir: Path) -> Path:
         traced = Path(scratch) / path.name
         trace_to_onnx(feature_module(backbone), example, str(traced), FEATURES_INPUT, [FEATURES_OUTPUT])
         storage.write_bytes_atomic(path, traced.read_bytes())
+    node_widths(backbone, cache_dir)  # while the network is built
     logger.info(
         "exported the feature graph of %s to %s in %.1f s", backbone.spec.name, path, time.perf_counter() - started
     )
@@ -246,8 +266,6 @@ def _calibration_paintings() -> tuple[tuple[str, bytes], ...]:
     with as_file(files("artistid") / "demo_data" / "Train") as root:
         paths = sorted(Path(root).glob("*/*.jpg"))
         if len(paths) < INT8_CALIBRATION_IMAGES:
-            from artistid.errors import ArtistIdError
-
             raise ArtistIdError(f"{root}: the demo paintings that calibrate int8 are missing from this installation")
         chosen = np.random.default_rng(INT8_CALIBRATION_SEED).permutation(len(paths))[:INT8_CALIBRATION_IMAGES]
         return tuple((paths[i].name, paths[i].read_bytes()) for i in sorted(chosen))
@@ -396,8 +414,6 @@ def create_engine(
     if runtime == "torch":
         return TorchEngine(backbone, precision, device)
     if runtime not in available_runtimes():
-        from artistid.errors import ArtistIdError
-
         raise ArtistIdError(f"the {runtime} runtime is not installed: pip install {_MODULE_OF[runtime]}")
     cache_dir = cache_dir or _default_cache_dir()
     path = int8_onnx(backbone, cache_dir) if precision == "int8" else feature_onnx(backbone, cache_dir)
@@ -540,6 +556,10 @@ def choose_engine(
             except Exception as exc:  # a runtime that cannot run this graph is no candidate
                 logger.warning("the %s runtime cannot run %s: %s", pair[0], backbone.spec.name, exc)
                 speeds[pair] = 0.0
+    if not any(speeds.values()):  # nothing ran: no choice to remember, and the reason is in the log
+        raise ArtistIdError(
+            f"no runtime could run {backbone.spec.name} here ({', '.join('/'.join(p) for p in speeds)})"
+        )
     best = max(speeds, key=speeds.__getitem__)
     fp32 = {pair: speed for pair, speed in speeds.items() if pair[1] == "fp32"}
     if best[1] == "bf16" and fp32 and speeds[best] < BF16_MARGIN * max(fp32.values()):

@@ -95,6 +95,7 @@ class TrainSettings:
     seed: int = 123
     image_size: int | None = None  # the backbone's input side in pixels [default: the backbone's own]
     tiles: int = 1  # > 1: features of the whole painting and the mean of its tiles x tiles squares of image_size px
+    centre: bool = True  # and of its central square of half the side: a photographed painting without its wall
     solver: str = "lbfgs"  # "sgd": minibatch SGD with momentum (the reference design's)
     standardize: bool = True
     # Temperature and rejection threshold from out-of-fold scores of this many folds of Train; 0 or 1: none.
@@ -102,6 +103,7 @@ class TrainSettings:
     false_rejection: float = DEFAULT_FALSE_REJECTION  # share of known-artist paintings the threshold may reject
     # The "not a painting" gate knows the training paintings and photos of this many of them, in their frames.
     photographed: int = 300
+    learn_from_photos: bool = True  # the head learns from those photos too, under their painting's artist
     painting_false_rejection: float = DEFAULT_PAINTING_FALSE_REJECTION  # of the training paintings
     other_false_rejection: float = DEFAULT_OTHER_FALSE_REJECTION  # share of known paintings --others may refuse
 
@@ -117,7 +119,7 @@ class TrainSettings:
             raise UsageError(f"pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
         if self.precision not in ("auto", "fp32", "bf16", "int8"):
             raise UsageError(f"precision must be auto, fp32, bf16 or int8; got {self.precision!r}")
-        Preprocess(size=self.image_size or 224, tiles=self.tiles)  # the input size and tiles in range
+        Preprocess(size=self.image_size or 224, tiles=self.tiles, centre=self.centre)  # the input size and views
         self.head()._check_params()
 
     def head(self) -> ArtistHead:
@@ -150,9 +152,18 @@ PRESETS: dict[str, TrainSettings] = {
     "standard": TrainSettings(),
     # The reference design's recipe, unchanged: pooled 224 px features, a dense layer trained by SGD for 7 epochs.
     "reference": TrainSettings(
-        feature_nodes=None, pooling="avg", solver="sgd", standardize=False, l2=0.0005, lr="0.2x10,0.1"
+        feature_nodes=None,
+        pooling="avg",
+        solver="sgd",
+        standardize=False,
+        l2=0.0005,
+        lr="0.2x10,0.1",
+        centre=False,
+        learn_from_photos=False,
     ),
-    "best": TrainSettings(image_size=512, tiles=2, feature_nodes=BEST_FEATURE_NODES),
+    "best": TrainSettings(
+        image_size=512, tiles=2, feature_nodes=BEST_FEATURE_NODES, centre=False, learn_from_photos=False
+    ),
 }
 
 
@@ -219,25 +230,44 @@ def split_validation(features: FeatureSet, fraction: float, seed: int) -> tuple[
     return np.sort(train_rows), np.sort(val_rows)
 
 
-def fit_head(features: FeatureSet, settings: TrainSettings) -> tuple[ArtistHead, int, int]:
+def _taught_photos(
+    features: FeatureSet, settings: TrainSettings, photographs: Photographs | None, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the head learns from besides the paintings at `rows`: the photos of those paintings (with
+    `learn_from_photos`), their artists, and the position in `rows` of each one's painting."""
+    width = features.features.shape[1]
+    if photographs is None or not settings.learn_from_photos:
+        return np.zeros((0, width), np.float32), np.zeros(0, dtype=object), np.zeros(0, np.int64)
+    vectors, positions = photographs.of(rows)
+    labels = np.asarray(features.labels, dtype=object)[rows][positions]
+    return vectors, labels, positions
+
+
+def fit_head(
+    features: FeatureSet, settings: TrainSettings, photographs: Photographs | None = None
+) -> tuple[ArtistHead, int, int]:
     labels = np.asarray(features.labels, dtype=object)
     classes = sorted(set(labels.tolist()))
     if len(classes) < 2:
         found = f"{len(classes)} ({', '.join(map(str, classes))})" if classes else "none"
         raise ArtistIdError(f"training needs images of at least two artists; found {found}")
     train_rows, val_rows = split_validation(features, settings.val_fraction, settings.seed)
+    photo_vectors, photo_labels, _ = _taught_photos(features, settings, photographs, train_rows)
     head = settings.head().fit(
-        features.features[train_rows],
-        labels[train_rows],
+        np.vstack([features.features[train_rows], photo_vectors]),
+        np.concatenate([labels[train_rows], photo_labels]),
         X_val=features.features[val_rows] if len(val_rows) else None,
         y_val=labels[val_rows] if len(val_rows) else None,
     )
     return head, len(train_rows), len(val_rows)
 
 
-def calibrate_head(features: FeatureSet, settings: TrainSettings) -> CalibrationCard | None:
+def calibrate_head(
+    features: FeatureSet, settings: TrainSettings, photographs: Photographs | None = None
+) -> CalibrationCard | None:
     """Fits the temperature and the rejection threshold on out-of-fold scores of the training rows.
 
+    Each fold's head learns from the photos of its own paintings only, as the final head learns from all of them.
     Returns the model card's calibration section, or None when calibration is off or the data is too small (fewer
     images of some artist than folds).
     """
@@ -254,8 +284,14 @@ def calibrate_head(features: FeatureSet, settings: TrainSettings) -> Calibration
         )
         return None
     y = labels[train_rows].astype(str)
+    photo_vectors, photo_labels, photo_of = _taught_photos(features, settings, photographs, train_rows)
     scores = out_of_fold_scores(
-        settings.head(), features.features[train_rows], y, settings.calibration_folds, settings.seed
+        settings.head(),
+        features.features[train_rows],
+        y,
+        settings.calibration_folds,
+        settings.seed,
+        extra=(photo_vectors, photo_labels.astype(str), photo_of),
     )
     targets = np.searchsorted(np.unique(y), y)
     return calibrate(
@@ -274,7 +310,29 @@ def _backbone(settings: TrainSettings) -> Backbone:
         pooling=settings.pooling,
         input_size=settings.image_size,
         tiles=settings.tiles,
+        centre=settings.centre,
     )
+
+
+PHOTOGRAPH_RECIPE = "photograph-v2"  # names how the training photos are made: a new recipe, new cache keys
+
+
+@dataclass
+class Photographs:
+    """Features of photos of some training paintings in their frames, and the row of the painting each shows."""
+
+    features: np.ndarray
+    rows: np.ndarray
+
+    @classmethod
+    def none(cls, width: int) -> Photographs:
+        return cls(np.zeros((0, width), np.float32), np.zeros(0, np.int64))
+
+    def of(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The photos of these rows' paintings: their features, and the position in `rows` of each one's painting."""
+        position = {int(row): n for n, row in enumerate(rows)}
+        kept = [n for n, row in enumerate(self.rows.tolist()) if row in position]
+        return self.features[kept], np.asarray([position[int(self.rows[n])] for n in kept], dtype=np.int64)
 
 
 def photograph_features(
@@ -283,47 +341,68 @@ def photograph_features(
     count: int,
     seed: int,
     storage_options: dict[str, Any] | None = None,
-) -> tuple[np.ndarray, list[int]]:
+    cache: FeatureCache | None = None,
+) -> Photographs:
     """Features of photos of `count` of the training paintings (spread over the set), framed on a wall.
 
-    Returns the vectors and, for each, the row of the painting it shows.
+    Each photo is drawn from its painting's
+    content and `seed` alone, so its vector is kept in `cache` like a painting's: a warm run makes no photo.
     """
     chosen = np.unique(np.linspace(0, len(features) - 1, min(count, len(features))).round().astype(int))
-    rng = np.random.default_rng(seed)
-    rows: list[int] = []
-    pixels: list[np.ndarray] = []
-    vectors: list[np.ndarray] = []
-    for row in chosen.tolist() if count > 0 else []:
+    chosen = chosen if count > 0 else chosen[:0]
+    hashes = cache.known_hashes([features.paths[row] for row in chosen]) if cache is not None else {}
+    keys = {
+        row: FeatureCache.key(f"{PHOTOGRAPH_RECIPE}/{seed}/{hashes[features.paths[row]]}", extractor.identity())
+        for row in chosen.tolist()
+        if features.paths[row] in hashes
+    }
+    cached = cache.get_many(list(keys.values())) if cache is not None else {}
+    found: dict[int, np.ndarray] = {row: cached[key] for row, key in keys.items() if key in cached}
+    todo: list[tuple[int, np.ndarray]] = []
+
+    def flush() -> None:
+        vectors = extractor(np.stack([pixels for _, pixels in todo]))
+        found.update({row: vectors[n] for n, (row, _) in enumerate(todo)})
+        if cache is not None:
+            cache.put_many({keys[row]: vectors[n] for n, (row, _) in enumerate(todo) if row in keys})
+        todo.clear()
+
+    for row in chosen.tolist():
+        if row in found:
+            continue
         path = features.paths[row]
         try:
             painting = decode_image(storage.read_bytes(path, storage_options), path, draft_size=600)
         except (ArtistIdError, OSError) as exc:  # it was read once already; a file gone since is left out
             logger.warning("not photographing %s: %s", path, exc)
             continue
-        pixels.append(load_image(photograph(painting, rng, fill=(0.45, 0.85)), extractor.preprocess))
-        rows.append(row)
-        if len(pixels) == 16:
-            vectors.append(extractor(np.stack(pixels)))
-            pixels = []
-    if pixels:
-        vectors.append(extractor(np.stack(pixels)))
-    width = features.features.shape[1]
-    return (np.vstack(vectors) if vectors else np.zeros((0, width), np.float32)), rows
+        digest = hashes.get(path) or hashlib.sha256(path.encode()).hexdigest()
+        rng = np.random.default_rng([seed, int(digest[:16], 16)])
+        todo.append((row, load_image(photograph(painting, rng, fill=(0.45, 0.85)), extractor.preprocess)))
+        if len(todo) == 16:
+            flush()
+    if todo:
+        flush()
+    rows = sorted(found)
+    if not rows:
+        return Photographs.none(features.features.shape[1])
+    return Photographs(np.vstack([found[row] for row in rows]), np.asarray(rows, dtype=np.int64))
 
 
 def fit_gates(
     features: FeatureSet,
     settings: TrainSettings,
-    photographs: np.ndarray,
-    photographed_from: Sequence[int],
+    photographs: Photographs,
     others: FeatureSet | None = None,
+    columns: tuple[int, int] | None = None,
 ) -> RefusalGates:
-    """The "not a painting" gate from the training paintings (and photos of them); the "someone else" gate from
-    --others. Both are chosen on the training set alone."""
+    """The "not a painting" gate from the training paintings (and photos of them), in `columns` (the last feature
+    node's); the "someone else" gate from --others. Both are chosen on the training set alone."""
     painting = fit_painting_gate(
         features.features,
-        photographs,
-        photographed_from,
+        photographs.features,
+        photographs.rows,
+        columns=columns,
         false_rejection=settings.painting_false_rejection,
     )
     other = None
@@ -348,9 +427,10 @@ def _result(
     fingerprint: str,
     featurize_seconds: float,
     gates: RefusalGates,
+    photographs: Photographs | None = None,
 ) -> TrainResult:
     started = time.perf_counter()
-    head, n_train, n_val = fit_head(features, settings)
+    head, n_train, n_val = fit_head(features, settings, photographs)
     training = TrainingCard(
         settings=settings.to_dict(),
         fingerprint=fingerprint,
@@ -359,7 +439,7 @@ def _result(
         history=tuple(head.history_),
         skipped=len(features.errors),
     )
-    calibration = calibrate_head(features, settings) or CalibrationCard()
+    calibration = calibrate_head(features, settings, photographs) or CalibrationCard()
     # The gates' thresholds join the refusal rules that every surface decides with.
     rules = replace(
         calibration.rules,
@@ -442,12 +522,11 @@ def train(
         )
         if not len(other_features):
             raise ArtistIdError(f"--others: none of its {len(others)} images could be used")
-    photographs, photographed_from = photograph_features(
-        features, extractor, settings.photographed, settings.seed, storage_options
-    )
-    gates = fit_gates(features, settings, photographs, photographed_from, other_features)
+    photographs = photograph_features(features, extractor, settings.photographed, settings.seed, storage_options, cache)
+    columns = extractor.last_layer_columns()
+    gates = fit_gates(features, settings, photographs, other_features, columns)
     seconds = features.seconds + time.perf_counter() - started
-    return _result(backbone, extractor, features, settings, fingerprint, seconds, gates)
+    return _result(backbone, extractor, features, settings, fingerprint, seconds, gates, photographs)
 
 
 def _check_every_artist_kept(labelled: Sequence[Sample], features: FeatureSet) -> None:
@@ -485,5 +564,6 @@ def train_from_features(features: FeatureSet, settings: TrainSettings | None = N
         [Sample(p, y) for p, y in zip(labelled.paths, labelled.labels, strict=True)], settings
     )
     # No images here to photograph: the gate knows the training paintings alone.
-    gates = fit_gates(labelled, settings, np.zeros((0, labelled.features.shape[1]), np.float32), [])
+    no_photographs = Photographs.none(labelled.features.shape[1])
+    gates = fit_gates(labelled, settings, no_photographs, columns=extractor.last_layer_columns())
     return _result(backbone, extractor, labelled, settings, fingerprint, 0.0, gates)
