@@ -4,7 +4,7 @@ Each preset trains on the dataset's Train/ from a cold feature cache (the time i
 calibration) and is evaluated on its Test/. Nothing is tuned on Test: the presets were chosen by cross-validation
 on paintings3/Train. Loose images at the root of paintings3/Test are other artists ("unknown").
 
-    make bench-results   # or: .venv/bin/python bench/results.py [--datasets ../shared/datasets] [--presets fast,best]
+    make bench-results   # or: .venv/bin/python bench/results.py [--presets standard,reference,best]
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets")
     parser.add_argument("--names", default="paintings3,paintings10", help="Datasets to measure, comma-separated.")
-    parser.add_argument("--presets", default="fast,best")
+    parser.add_argument("--presets", default="standard,reference", help="Presets to measure, comma-separated.")
     parser.add_argument("--cache-dir", type=Path, help="Feature cache [default: a new, empty one: cold timings].")
     parser.add_argument("--json", type=Path, help="Also write the rows as JSON here.")
     args = parser.parse_args()

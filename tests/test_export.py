@@ -49,7 +49,8 @@ def test_metadata_says_how_to_use_the_graph(demo_onnx_path: Path, demo_model, de
     assert card.calibration.temperature == demo_model.card.calibration.temperature
     assert card.precision == "fp32"  # the graph's arithmetic
     assert meta["input"]["dtype"] == "uint8" and meta["input"]["layout"] == "NHWC"
-    assert meta["input"]["shape"] == ["batch", 224, 224, 3]
+    side = demo_model.preprocess.side  # the default recipe sees the whole painting and its central square
+    assert meta["input"]["shape"] == ["batch", side, side, 3]
     assert meta["source_model"]["name"] == demo_model_path.name
     assert 0 <= meta["parity"]["max_abs_diff"] <= 1e-4 and meta["parity"]["images"] == 16
     graph = onnx.load(demo_onnx_path).graph

@@ -37,6 +37,8 @@ def test_featurize_through_spark_connect_equals_the_local_engine_and_fills_the_s
     model = Model.load(demo_model_path)  # featurized as the model does, so that predict reuses the vectors
     precision, backbone = model.extractor.precision, model.card.backbone
     cut = [argument for node in backbone.feature_nodes for argument in ("--feature-node", node)]
+    centre = model.preprocess.centre
+    cut += ["--centre"] if centre else []
     output = tmp_path / "features.parquet"
     summary = run_artistid(
         ["featurize", str(cluster_paintings), "-o", str(output), "--precision", precision, "--engine", "spark",
@@ -49,7 +51,9 @@ def test_featurize_through_spark_connect_equals_the_local_engine_and_fills_the_s
     assert summary["reused"] == 0 and summary["featurized"] == summary["images"]
 
     extractor = FeatureExtractor(
-        create_backbone("efficientnet_lite0", feature_nodes=backbone.feature_nodes, pooling=backbone.pooling),
+        create_backbone(
+            "efficientnet_lite0", feature_nodes=backbone.feature_nodes, pooling=backbone.pooling, centre=centre
+        ),
         precision=precision,  # type: ignore[arg-type]
     )
     local = featurize(load_dataset(str(cluster_paintings)).samples, extractor, workers=0, progress=False)

@@ -26,12 +26,13 @@ _TEXT = (
 
 def wall(rng: np.random.Generator, size: tuple[int, int] = _PHOTO_SIZE) -> Image.Image:
     """A plain wall above a floor, softly lit from above: where paintings hang."""
-    width, height = size
-    shade = 1 - 0.3 * np.linspace(0, 1, height)[:, None, None]
-    pixels = rng.integers(40, 230, 3) * shade + _grain(rng, (height, width, 3), rng.uniform(2, 12))
+    # Made at half the size and enlarged: the enlargement softens the grain as a blur would, at a quarter the cost.
+    width, height = max(1, size[0] // 2), max(1, size[1] // 2)
+    shade = 1 - 0.3 * np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
+    pixels = rng.integers(40, 230, 3).astype(np.float32) * shade + _grain(rng, (height, width, 3), rng.uniform(2, 12))
     floor = int(height * rng.uniform(0.8, 1.0))
     pixels[floor:] = rng.integers(30, 160, 3) + _grain(rng, (height - floor, width, 3), 8)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.75))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
 
 
 def _grain(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
@@ -74,7 +75,7 @@ def photograph(
     lit = np.asarray(scene, dtype=np.float32) * np.float32(rng.uniform(0.8, 1.1)) + np.float32(rng.uniform(-15, 15))
     lit += _grain(rng, lit.shape, 3)
     photo = Image.fromarray(np.clip(lit, 0, 255).astype(np.uint8))
-    return photo.filter(ImageFilter.GaussianBlur(rng.uniform(0, 0.4)))
+    return photo.filter(ImageFilter.BoxBlur(rng.uniform(0, 0.4)))
 
 
 NON_PAINTING_KINDS = ("noise", "flat", "gradient", "letter", "screenshot", "tiny")

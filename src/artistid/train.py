@@ -314,7 +314,7 @@ def _backbone(settings: TrainSettings) -> Backbone:
     )
 
 
-PHOTOGRAPH_RECIPE = "photograph-v2"  # names how the training photos are made: a new recipe, new cache keys
+PHOTOGRAPH_RECIPE = "photograph-v3"  # names how the training photos are made: a new recipe, new cache keys
 
 
 @dataclass
