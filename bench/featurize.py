@@ -24,11 +24,10 @@ import numpy as np
 from peer import whole_process
 from PIL import Image
 
-from artistid.backbones import create_backbone
 from artistid.datasets import Sample, load_split
 from artistid.features import FeatureCache, FeatureExtractor, featurize
 from artistid.runtimes import candidates, create_engine, machine, probe
-from artistid.train import PRESETS
+from artistid.train import PRESETS, backbone_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,14 +45,7 @@ def large_jpegs(folder: Path, size: tuple[int, int], count: int) -> list[Sample]
 
 
 def model_only(preset: str, seconds: float) -> dict[str, float]:
-    settings = PRESETS[preset]
-    backbone = create_backbone(
-        settings.backbone,
-        feature_nodes=settings.feature_nodes,
-        pooling=settings.pooling,
-        input_size=settings.image_size,
-        tiles=settings.tiles,
-    )
+    backbone = backbone_for(PRESETS[preset])
     speeds = {}
     for runtime, precision in candidates("auto", "auto"):
         engine = create_engine(runtime, backbone, precision)
@@ -82,10 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         for runtime in ("torch", "auto"):
-            backbone = create_backbone(
-                settings.backbone, feature_nodes=settings.feature_nodes, pooling=settings.pooling
-            )
-            extractor = FeatureExtractor(backbone, runtime=runtime)
+            extractor = FeatureExtractor(backbone_for(settings), runtime=runtime)
             with FeatureCache(work / f"cache-{runtime}") as cache:
                 cold = featurize(samples, extractor, cache=cache, progress=False)
             name = f"cold_{extractor.runtime}_{extractor.precision}"
@@ -97,7 +86,10 @@ def main() -> None:
         listed = work / "images.map"  # the same images, as a map file the command reads
         listed.write_text("".join(f"{s.path}\t{s.label}\n" for s in samples))
         command[4] = str(listed)
-        subprocess.run([*command, "--cache-dir", str(work / "cache-auto"), "-q"], check=True, capture_output=True)
+        # The default recipe's cut, so that every vector is the cached one.
+        cut = [option for node in settings.feature_nodes or () for option in ("--feature-node", node)]
+        cut += ["--pooling", settings.pooling, "--centre" if settings.centre else "--no-centre"]
+        subprocess.run([*command, *cut, "--cache-dir", str(work / "cache-auto"), "-q"], check=True, capture_output=True)
         results["warm_process_img_s"] = len(samples) / (time.perf_counter() - started)
         print(json.dumps({"warm_process_img_s": round(float(results["warm_process_img_s"]), 1)}), flush=True)
         for size in ((2000, 1600), (4000, 3000)):

@@ -46,6 +46,7 @@ __all__ = [
     "PRESETS",
     "TrainResult",
     "TrainSettings",
+    "backbone_for",
     "calibrate_head",
     "data_fingerprint",
     "fit_gates",
@@ -302,7 +303,8 @@ def calibrate_head(
     )
 
 
-def _backbone(settings: TrainSettings) -> Backbone:
+def backbone_for(settings: TrainSettings) -> Backbone:
+    """The backbone a recipe featurizes with: its network, cut, pooling, input size and views."""
     return create_backbone(
         settings.backbone,
         weights=settings.weights,
@@ -500,7 +502,7 @@ def train(
     settings = settings or TrainSettings()
     settings.check()
     labelled = [s for s in samples if s.label is not None]
-    backbone = _backbone(settings)
+    backbone = backbone_for(settings)
     extractor = FeatureExtractor(backbone, precision=settings.precision, runtime=settings.runtime)
     features = featurize(
         labelled,
@@ -545,7 +547,7 @@ def train_from_features(features: FeatureSet, settings: TrainSettings | None = N
     """Trains the head on vectors computed elsewhere; they must come from the same backbone and settings."""
     settings = settings or TrainSettings()
     settings.check()
-    backbone = _backbone(settings)
+    backbone = backbone_for(settings)
     extractor = FeatureExtractor(backbone, precision=settings.precision, runtime=settings.runtime)
     # Any runtime and precision will do (their vectors agree within the stated tolerance); the backbone must match.
     if features.identity and features.identity.rpartition("/")[0].rpartition("/")[0] != extractor.features_identity():
