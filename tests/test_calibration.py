@@ -94,12 +94,30 @@ def test_a_photo_of_a_held_out_painting_never_teaches_the_fold_that_scores_it() 
     y = rng.permutation(np.repeat(np.array(["a", "b"]), 30))  # no signal: only memorizing can score above chance
     photos = X + rng.normal(0, 0.05, X.shape).astype(np.float32)  # a near copy of each row, under its label
     head = ArtistHead(solver="lbfgs", standardize=True, l2=0.001)
-    taught = out_of_fold_scores(head, X, y, folds=5, extra=(photos, y, np.arange(60)))
+    scored = out_of_fold_scores(head, X, y, folds=5, extra=(photos, y, np.arange(60)))
+    taught, photos_scored = scored[:60], scored[60:]
     # Had a held-out row's photo taught its fold, that fold would have memorized the row.
     leaked = out_of_fold_scores(head, np.vstack([X, photos]), np.concatenate([y, y]), folds=5)[:60]
     truth = (y == "b").astype(int)
     assert np.mean(leaked.argmax(axis=1) == truth) >= 0.78
     assert np.mean(taught.argmax(axis=1) == truth) <= 0.7
+    # Each photo is scored by the fold that held out its painting, so it is no easier than the painting.
+    assert np.mean(photos_scored.argmax(axis=1) == truth) <= 0.7
+
+
+def test_the_threshold_answers_photos_of_paintings_as_it_does_the_paintings() -> None:
+    rng = np.random.default_rng(4)
+    targets = rng.integers(0, 3, 400)
+    scores = rng.normal(0, 1, (400, 3)) + 4 * np.eye(3)[targets]
+    photos = rng.normal(0, 1, (200, 3)) + 1.5 * np.eye(3)[targets[:200]]  # photos: less sure of their artist
+    alone = calibrate(scores, targets, false_rejection=0.05)
+    together = calibrate(scores, targets, false_rejection=0.05, photographed=photos)
+    assert together.temperature == alone.temperature  # the paintings' temperature
+    confidence = np.concatenate(
+        [softmax(scores, alone.temperature).max(axis=1), softmax(photos, alone.temperature).max(axis=1)]
+    )
+    assert together.rules.threshold < alone.rules.threshold
+    assert np.mean(confidence < together.rules.threshold) <= 0.05
 
 
 # --- the model file and the commands ------------------------------------------------------------------------------

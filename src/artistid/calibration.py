@@ -103,15 +103,24 @@ def calibrate(
     *,
     false_rejection: float = DEFAULT_FALSE_REJECTION,
     method: str = "validation",
+    photographed: np.ndarray | None = None,
 ) -> CalibrationCard:
-    """Temperature and rejection threshold from scores of paintings the head was not trained on."""
+    """Temperature and rejection threshold from scores of paintings the head was not trained on.
+
+    `photographed`: scores of photos of such paintings, which must be answered as well: the threshold refuses a
+    share `false_rejection` of the paintings and their photos together (the temperature is the paintings').
+    """
     scores = np.asarray(scores, dtype=np.float64)
     targets = np.asarray(targets)
     temperature = fit_temperature(scores, targets)
     before, after = softmax(scores), softmax(scores, temperature)
+    confidence = after.max(axis=1)
+    if photographed is not None and len(photographed):
+        photo_confidence = softmax(np.asarray(photographed, dtype=np.float64), temperature).max(axis=1)
+        confidence = np.concatenate([confidence, photo_confidence])
     calibration = CalibrationCard(
         temperature=temperature,
-        rules=RefusalRules(threshold=choose_threshold(after.max(axis=1), false_rejection)),
+        rules=RefusalRules(threshold=choose_threshold(confidence, false_rejection)),
         ece_before=expected_calibration_error(before, targets),
         ece_after=expected_calibration_error(after, targets),
         nll_before=_nll(scores, targets, 1.0),
@@ -137,22 +146,27 @@ def out_of_fold_scores(
     """Scores of every training row from a copy of `head` fitted without it (stratified k-fold cross-fitting).
 
     Columns follow `np.unique(y)`, as the head's `classes_` do. `extra` = (rows, labels, of): more training rows,
-    each derived from row `of[i]` of X (a photo of that painting); a fold learns from those of its own rows only.
+    each derived from row `of[i]` of X (a photo of that painting); a fold learns from those of its own rows only,
+    and scores those of the rows it holds out. The result has the rows of X, then the extra rows.
     """
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold
 
     y = np.asarray(y)
     classes = np.unique(y)
-    scores = np.zeros((len(y), len(classes)), dtype=np.float64)
+    n_extra = len(extra[0]) if extra is not None else 0
+    scores = np.zeros((len(y) + n_extra, len(classes)), dtype=np.float64)
     for train_rows, held_rows in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
         X_fit, y_fit = X[train_rows], y[train_rows]
-        if extra is not None and len(extra[0]):
+        rows, X_held = held_rows, X[held_rows]
+        if extra is not None and n_extra:
             taught = np.isin(extra[2], train_rows)
             X_fit, y_fit = np.vstack([X_fit, extra[0][taught]]), np.concatenate([y_fit, extra[1][taught]])
+            held_extra = np.flatnonzero(~taught)
+            rows, X_held = np.concatenate([held_rows, len(y) + held_extra]), np.vstack([X_held, extra[0][held_extra]])
         fold_head = clone(head).fit(X_fit, y_fit)
         columns = np.searchsorted(classes, fold_head.classes_)
         # A class missing from a fold's training part gets no score: it can never win there.
-        scores[held_rows] = -np.inf if len(columns) < len(classes) else 0.0
-        scores[np.ix_(held_rows, columns)] = fold_head._scores(X[held_rows])
+        scores[rows] = -np.inf if len(columns) < len(classes) else 0.0
+        scores[np.ix_(rows, columns)] = fold_head._scores(X_held)
     return scores

@@ -295,11 +295,13 @@ def calibrate_head(
         extra=(photo_vectors, photo_labels.astype(str), photo_of),
     )
     targets = np.searchsorted(np.unique(y), y)
+    # A photo of a painting is still a painting: the 'unknown' threshold answers the photos as it does the scans.
     return calibrate(
-        scores,
+        scores[: len(y)],
         targets,
         false_rejection=settings.false_rejection,
         method=f"{settings.calibration_folds}-fold cross-fitting on the training set",
+        photographed=scores[len(y) :],
     )
 
 
