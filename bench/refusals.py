@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -29,17 +28,11 @@ from artistid.datasets import load_dataset, load_split
 from artistid.features import FeatureCache, default_cache_dir
 from artistid.images import decode_image
 from artistid.model import Model
+from artistid.runtimes import machine
 from artistid.synthetic import non_paintings, photograph
 from artistid.train import train
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _row(answers: list[Answer], truths: list[str] | None = None) -> dict[str, Any]:
@@ -103,7 +96,7 @@ def main() -> None:
         "photographed_truths": [str(s.label) for s in known],
     }
     cache = FeatureCache(default_cache_dir())
-    print(f"CPU: {_cpu()}; paintings3/Train, default recipe; Test only measured\n")
+    print(f"machine: {machine().describe()}; paintings3/Train, default recipe; Test only measured\n")
     results: dict[str, Any] = {}
     for name, extra in (("default model", []), ("--others paintings10/Train", others)):
         started = time.perf_counter()

@@ -59,7 +59,7 @@ from artistid.features import decode_workers
 from artistid.images import Preprocess
 from artistid.onnx_model import OnnxModel
 from artistid.refusals import split_scores, stack_scores
-from artistid.runtimes import RUNTIMES
+from artistid.runtimes import RUNTIMES, Runtime
 from artistid.service_guard import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_REQUEST_SECONDS,
@@ -84,7 +84,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Runtime = Literal["torch", "onnx", "openvino"]
 DEFAULT_MAX_UPLOAD_MB = 20.0
 MAX_FILES = 64
 # On a 2-core CPU an image costs more in a batch of 8 or 16 than of 2-4 (ONNX Runtime, EfficientNet-Lite0):

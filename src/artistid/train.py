@@ -37,6 +37,7 @@ from artistid.refusals import (
     fit_other_gate,
     fit_painting_gate,
 )
+from artistid.runtimes import PRECISIONS
 from artistid.synthetic import photograph
 
 if TYPE_CHECKING:
@@ -118,8 +119,8 @@ class TrainSettings:
             raise UsageError(f"false_rejection (--false-rejection) must be in [0, 1); got {self.false_rejection}")
         if self.pooling not in POOLINGS:
             raise UsageError(f"pooling must be one of {', '.join(POOLINGS)}; got {self.pooling!r}")
-        if self.precision not in ("auto", "fp32", "bf16", "int8"):
-            raise UsageError(f"precision must be auto, fp32, bf16 or int8; got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         Preprocess(size=self.image_size or 224, tiles=self.tiles, centre=self.centre)  # the input size and views
         self.head()._check_params()
 
@@ -349,8 +350,8 @@ def photograph_features(
 ) -> Photographs:
     """Features of photos of `count` of the training paintings (spread over the set), framed on a wall.
 
-    Each photo is drawn from its painting's
-    content and `seed` alone, so its vector is kept in `cache` like a painting's: a warm run makes no photo.
+    Each photo is drawn from its painting's content and `seed` alone, so its vector is kept in `cache` like a
+    painting's: a warm run makes no photo.
     """
     chosen = np.unique(np.linspace(0, len(features) - 1, min(count, len(features))).round().astype(int))
     chosen = chosen if count > 0 else chosen[:0]
