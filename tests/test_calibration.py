@@ -88,6 +88,24 @@ def test_out_of_fold_scores_come_from_heads_that_did_not_see_the_row() -> None:
     assert softmax(scores).max(axis=1).mean() < full.predict_proba(X).max(axis=1).mean()
 
 
+def test_folds_fitted_side_by_side_score_as_one_at_a_time_and_leave_blas_threads_as_they_were() -> None:
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold
+    from threadpoolctl import threadpool_info
+
+    rng = np.random.default_rng(3)
+    X = np.vstack([rng.normal(c, 2.0, size=(20, 40)) for c in range(3)]).astype(np.float32)
+    y = np.repeat(np.array(["a", "b", "c"]), 20)
+    head = ArtistHead(solver="lbfgs", standardize=True, l2=0.01)
+    threads_before = [pool["num_threads"] for pool in threadpool_info()]
+    scores = out_of_fold_scores(head, X, y, folds=4, seed=5)
+    assert [pool["num_threads"] for pool in threadpool_info()] == threads_before
+    one_at_a_time = np.zeros_like(scores)
+    for train_rows, held_rows in StratifiedKFold(4, shuffle=True, random_state=5).split(X, y):
+        one_at_a_time[held_rows] = clone(head).fit(X[train_rows], y[train_rows]).decision_function(X[held_rows])
+    assert np.allclose(scores, one_at_a_time, atol=1e-4)
+
+
 def test_a_photo_of_a_held_out_painting_never_teaches_the_fold_that_scores_it() -> None:
     rng = np.random.default_rng(2)
     X = rng.normal(0, 1.0, size=(60, 80)).astype(np.float32)

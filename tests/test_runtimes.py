@@ -139,6 +139,21 @@ def test_runtimes_give_the_same_features_within_tolerance(style_backbone, few_pa
             assert cosine.min() >= 0.999, runtime
 
 
+def test_openvino_splits_a_batch_over_its_streams_and_gives_one_image_at_a_time_vectors(
+    style_backbone, few_paintings: list[Sample]
+) -> None:
+    """Batches run on the throughput engine, a service's single images on the latency one: the vectors agree."""
+    from artistid.images import load_image
+
+    pixels = np.stack([load_image(s.path, style_backbone.preprocess) for s in few_paintings])
+    batches = runtimes.create_engine("openvino", style_backbone, "fp32")
+    single = runtimes.create_engine("openvino", style_backbone, "fp32", latency=True)
+    batched = batches(pixels)
+    assert batched.shape[0] == len(pixels) and batches(pixels[:1]).shape == (1, batched.shape[1])
+    one_by_one = np.vstack([single(pixels[n : n + 1]) for n in range(len(pixels))])
+    assert np.abs(batched - one_by_one).max() <= 1e-4 * np.abs(one_by_one).max()
+
+
 def test_cache_keys_name_the_runtime_and_precision_and_a_warm_run_builds_nothing(
     few_paintings: list[Sample], tmp_path: Path
 ) -> None:

@@ -11,6 +11,8 @@ which the model has never seen, tend to fall below it. `coverage_curve` shows ac
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -151,12 +153,14 @@ def out_of_fold_scores(
     """
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold
+    from threadpoolctl import threadpool_limits
 
     y = np.asarray(y)
     classes = np.unique(y)
     n_extra = len(extra[0]) if extra is not None else 0
     scores = np.zeros((len(y) + n_extra, len(classes)), dtype=np.float64)
-    for train_rows, held_rows in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
+
+    def fold(train_rows: np.ndarray, held_rows: np.ndarray) -> tuple[np.ndarray, Any, np.ndarray]:
         X_fit, y_fit = X[train_rows], y[train_rows]
         rows, X_held = held_rows, X[held_rows]
         if extra is not None and n_extra:
@@ -165,6 +169,13 @@ def out_of_fold_scores(
             held_extra = np.flatnonzero(~taught)
             rows, X_held = np.concatenate([held_rows, len(y) + held_extra]), np.vstack([X_held, extra[0][held_extra]])
         fold_head = clone(head).fit(X_fit, y_fit)
+        return rows, fold_head, X_held
+
+    splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y))
+    # The folds are fitted side by side, one per core, each with one BLAS thread (set here, once for all threads).
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(min(folds, os.cpu_count() or 1)) as pool:
+        fitted = list(pool.map(lambda split: fold(*split), splits))
+    for rows, fold_head, X_held in fitted:
         columns = np.searchsorted(classes, fold_head.classes_)
         # A class missing from a fold's training part gets no score: it can never win there.
         scores[rows] = -np.inf if len(columns) < len(classes) else 0.0

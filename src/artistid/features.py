@@ -117,7 +117,10 @@ class FeatureExtractor:
         self.runtime, self.precision = choose_engine(
             "torch" if self._device != "cpu" else runtime, precision, backbone, cache_dir=self.cache_dir
         )
-        self.threads: int | None = None  # the runtime's threads [default: its own choice]; set before the first batch
+        # Set before the first batch: the runtime's threads [default: its own choice], and whether to answer one
+        # image at a time as fast as possible (a service) rather than to get through batches (the default).
+        self.threads: int | None = None
+        self.latency = False
         self._engine: Engine | None = None
 
     @property
@@ -153,6 +156,7 @@ class FeatureExtractor:
                 device=self._device,
                 cache_dir=self.cache_dir,
                 threads=self.threads,
+                latency=self.latency,
             )
         return self._engine
 

@@ -154,6 +154,7 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
 
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
+        from threadpoolctl import threadpool_limits
 
         # The same objective as SGD's weight decay: mean cross-entropy + l2/2 * |W|^2, i.e. C = 1 / (l2 * n).
         weights = self._class_weights(targets)
@@ -162,7 +163,8 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
             max_iter=self.max_iter,
             class_weight=None if weights is None else dict(enumerate(weights.tolist())),
         )
-        with warnings.catch_warnings(record=True) as caught:
+        # L-BFGS makes many small BLAS calls on thin vectors: waking BLAS threads for each costs more than they gain.
+        with warnings.catch_warnings(record=True) as caught, threadpool_limits(1, user_api="blas"):
             warnings.simplefilter("always", ConvergenceWarning)
             solver.fit(inputs, targets)
         if any(issubclass(w.category, ConvergenceWarning) for w in caught):

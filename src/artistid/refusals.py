@@ -210,6 +210,7 @@ def fit_other_gate(
     from the known artists better than one pooled "other" class.
     """
     from sklearn.model_selection import StratifiedKFold
+    from threadpoolctl import threadpool_limits
 
     known_y = [f"known:{label}" for label in known_labels]
     other_y = [f"other:{label or OTHER_GROUP}" for label in other_labels]
@@ -219,12 +220,14 @@ def fit_other_gate(
     smallest = int(np.unique(labels, return_counts=True)[1].min())
     folds = max(2, min(folds, smallest))
     cross_fitted = np.zeros(len(labels))
-    for train_rows, held_rows in StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, labels):
-        fold = _logistic_regression(regularization).fit(features[train_rows], labels[train_rows])
-        other_columns = np.char.startswith(fold.classes_.astype(str), "other:")
-        cross_fitted[held_rows] = fold.predict_proba(features[held_rows])[:, other_columns].sum(axis=1)
+    # As for the head's L-BFGS: its many small BLAS calls run faster on one thread.
+    with threadpool_limits(1, user_api="blas"):
+        for train_rows, held_rows in StratifiedKFold(folds, shuffle=True, random_state=seed).split(features, labels):
+            fold = _logistic_regression(regularization).fit(features[train_rows], labels[train_rows])
+            other_columns = np.char.startswith(fold.classes_.astype(str), "other:")
+            cross_fitted[held_rows] = fold.predict_proba(features[held_rows])[:, other_columns].sum(axis=1)
+        pipeline = _logistic_regression(regularization).fit(features, labels)
     threshold = _threshold_at_or_above(cross_fitted[is_known], false_rejection)
-    pipeline = _logistic_regression(regularization).fit(features, labels)
     scaler, regression = pipeline[0], pipeline[-1]
     # Folded into one layer on the raw features, as the head is: every runtime scores it with one matrix product.
     weight = regression.coef_ / scaler.scale_

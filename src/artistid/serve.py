@@ -180,6 +180,7 @@ def _load_model_file(path: Path, runtime: str) -> ServedModel:
     from artistid.model import Model
 
     model = Model.load(path, runtime=runtime)
+    model.extractor.latency = True  # a visitor waits for one painting's answer: every core on each request
     if model.extractor.runtime == "torch":
         import torch
 

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -363,31 +364,34 @@ def photograph_features(
     }
     cached = cache.get_many(list(keys.values())) if cache is not None else {}
     found: dict[int, np.ndarray] = {row: cached[key] for row, key in keys.items() if key in cached}
-    todo: list[tuple[int, np.ndarray]] = []
 
-    def flush() -> None:
-        vectors = extractor(np.stack([pixels for _, pixels in todo]))
-        found.update({row: vectors[n] for n, (row, _) in enumerate(todo)})
-        if cache is not None:
-            cache.put_many({keys[row]: vectors[n] for n, (row, _) in enumerate(todo) if row in keys})
-        todo.clear()
-
-    for row in chosen.tolist():
-        if row in found:
-            continue
+    def made(row: int) -> np.ndarray | None:
         path = features.paths[row]
         try:
             painting = decode_image(storage.read_bytes(path, storage_options), path, draft_size=600)
         except (ArtistIdError, OSError) as exc:  # it was read once already; a file gone since is left out
             logger.warning("not photographing %s: %s", path, exc)
-            continue
+            return None
         digest = hashes.get(path) or hashlib.sha256(path.encode()).hexdigest()
         rng = np.random.default_rng([seed, int(digest[:16], 16)])
-        todo.append((row, load_image(photograph(painting, rng, fill=(0.45, 0.85)), extractor.preprocess)))
-        if len(todo) == 16:
-            flush()
-    if todo:
-        flush()
+        return load_image(photograph(painting, rng, fill=(0.45, 0.85)), extractor.preprocess)
+
+    # Photos are made on every core (Pillow and NumPy's generators release the GIL), a batch ahead of the network.
+    missing = [row for row in chosen.tolist() if row not in found]
+    batches = [missing[start : start + 16] for start in range(0, len(missing), 16)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        ahead = [pool.submit(made, row) for row in batches[0]] if batches else []
+        for number, batch in enumerate(batches):
+            photos = [(row, future.result()) for row, future in zip(batch, ahead, strict=True)]
+            following = batches[number + 1] if number + 1 < len(batches) else []
+            ahead = [pool.submit(made, row) for row in following]
+            todo = [(row, pixels) for row, pixels in photos if pixels is not None]
+            if not todo:
+                continue
+            vectors = extractor(np.stack([pixels for _, pixels in todo]))
+            found.update({row: vectors[n] for n, (row, _) in enumerate(todo)})
+            if cache is not None:
+                cache.put_many({keys[row]: vectors[n] for n, (row, _) in enumerate(todo) if row in keys})
     rows = sorted(found)
     if not rows:
         return Photographs.none(features.features.shape[1])
@@ -434,8 +438,14 @@ def _result(
     gates: RefusalGates,
     photographs: Photographs | None = None,
 ) -> TrainResult:
+    from threadpoolctl import threadpool_limits
+
     started = time.perf_counter()
-    head, n_train, n_val = fit_head(features, settings, photographs)
+    # The final head is fitted beside the calibration's fold heads; one BLAS thread each, set once for all threads.
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(1) as pool:
+        fitting = pool.submit(fit_head, features, settings, photographs)
+        calibration = calibrate_head(features, settings, photographs) or CalibrationCard()
+        head, n_train, n_val = fitting.result()
     training = TrainingCard(
         settings=settings.to_dict(),
         fingerprint=fingerprint,
@@ -444,7 +454,6 @@ def _result(
         history=tuple(head.history_),
         skipped=len(features.errors),
     )
-    calibration = calibrate_head(features, settings, photographs) or CalibrationCard()
     # The gates' thresholds join the refusal rules that every surface decides with.
     rules = replace(
         calibration.rules,
