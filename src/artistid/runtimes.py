@@ -389,7 +389,10 @@ class OpenVinoEngine:
         if threads:
             config["INFERENCE_NUM_THREADS"] = str(threads)
         core = ov.Core()
-        self.compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+        # Compiled once per machine, graph and settings beside the export: a later process loads it in a fraction.
+        if os.access(path.parent, os.W_OK):
+            core.set_property({"CACHE_DIR": str(path.parent / "openvino")})
+        self.compiled = core.compile_model(str(path), "CPU", config)
         streams = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.requests = [self.compiled.create_infer_request() for _ in range(max(1, streams))]
 

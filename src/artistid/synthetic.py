@@ -39,6 +39,15 @@ def _grain(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np
     return rng.standard_normal(shape, dtype=np.float32) * np.float32(sigma)
 
 
+def _perspective(source: list[tuple[float, float]], target: list[tuple[float, float]]) -> tuple[float, ...]:
+    """Pillow's PERSPECTIVE coefficients: the map from each `target` point of the output to its `source` point."""
+    equations, values = [], []
+    for (x, y), (u, v) in zip(target, source, strict=True):
+        equations += [[x, y, 1, 0, 0, 0, -u * x, -u * y], [0, 0, 0, x, y, 1, -v * x, -v * y]]
+        values += [u, v]
+    return tuple(float(c) for c in np.linalg.solve(np.asarray(equations), np.asarray(values)))
+
+
 def photograph(
     painting: Image.Image,
     rng: np.random.Generator,
@@ -49,29 +58,35 @@ def photograph(
     """A photo of `painting` in a frame, slightly turned and tilted, filling a share `fill` of the picture."""
     width, height = _PHOTO_SIZE
     scene = (background.convert("RGB").resize(_PHOTO_SIZE) if background is not None else wall(rng)).copy()
-    canvas = painting.convert("RGB")
-    canvas.thumbnail((600, 600))
-    border = max(1, int(max(canvas.size) * rng.uniform(0.03, 0.08)))
+    border = max(painting.size) * rng.uniform(0.03, 0.08)
     tint = np.array(_FRAME_COLOURS[rng.integers(len(_FRAME_COLOURS))]) + rng.integers(-15, 15, 3)
     red, green, blue = (int(c) for c in np.clip(tint, 0, 255))
-    colour = (red, green, blue)
-    framed = Image.new("RGB", (canvas.width + 2 * border, canvas.height + 2 * border), colour)
-    framed.paste(canvas, (border, border))
-    scale = (rng.uniform(*fill) * width * height / (framed.width * framed.height)) ** 0.5
-    side_w, side_h = framed.width * scale, framed.height * scale
-    shrink = min(1.0, (width - 10) / side_w, (height - 10) / side_h)
-    side_w, side_h = max(2, int(side_w * shrink)), max(2, int(side_h * shrink))
-    framed_rgba = framed.resize((side_w, side_h), Image.Resampling.BILINEAR).convert("RGBA")
-    # Seen from a little to one side: the far edge of the frame is shorter.
+    framed_w, framed_h = painting.width + 2 * border, painting.height + 2 * border
+    scale = (rng.uniform(*fill) * width * height / (framed_w * framed_h)) ** 0.5
+    scale *= min(1.0, (width - 10) / (framed_w * scale), (height - 10) / (framed_h * scale))
+    side_w, side_h = max(2, int(framed_w * scale)), max(2, int(framed_h * scale))
+    edge = max(1, int(border * scale))
+    # The painting is resized once, straight to its size in the photo, and framed there.
+    canvas = painting.convert("RGB").resize(
+        (max(1, side_w - 2 * edge), max(1, side_h - 2 * edge)), Image.Resampling.BILINEAR, reducing_gap=2.0
+    )
+    framed = Image.new("RGBA", (side_w, side_h), (red, green, blue, 255))
+    framed.paste(canvas, (edge, edge))
+    # Seen from a little to one side (the far edge of the frame is shorter) and tilted: one perspective warp.
     skew, w, h = float(rng.uniform(0.0, 0.08) * side_h), float(side_w), float(side_h)
-    quad = (0.0, 0.0, 0.0, h, w, h - skew, w, skew)
+    corners = [(0.0, 0.0), (0.0, h), (w, h - skew), (w, skew)]
     if rng.random() < 0.5:
-        quad = (0.0, skew, 0.0, h - skew, w, h, w, 0.0)
-    turned = framed_rgba.transform((side_w, side_h), Image.Transform.QUAD, quad, Image.Resampling.BILINEAR)
-    turned = turned.rotate(float(rng.uniform(-3, 3)), expand=True, resample=Image.Resampling.BILINEAR)
-    x = int(rng.integers(0, max(1, width - turned.width)))
-    y = int(rng.integers(0, max(1, height - turned.height)))
-    scene.paste(turned, (x, y), turned)
+        corners = [(0.0, skew), (0.0, h - skew), (w, h), (w, 0.0)]
+    angle = np.deg2rad(rng.uniform(-3, 3))
+    turned = [(x * np.cos(angle) + y * np.sin(angle), y * np.cos(angle) - x * np.sin(angle)) for x, y in corners]
+    left, top = min(x for x, _ in turned), min(y for _, y in turned)
+    turned = [(x - left, y - top) for x, y in turned]
+    size = (int(np.ceil(max(x for x, _ in turned))), int(np.ceil(max(y for _, y in turned))))
+    flat = [(0.0, 0.0), (0.0, h), (w, h), (w, 0.0)]
+    warped = framed.transform(size, Image.Transform.PERSPECTIVE, _perspective(flat, turned), Image.Resampling.BILINEAR)
+    x = int(rng.integers(0, max(1, width - warped.width)))
+    y = int(rng.integers(0, max(1, height - warped.height)))
+    scene.paste(warped, (x, y), warped)
     lit = np.asarray(scene, dtype=np.float32) * np.float32(rng.uniform(0.8, 1.1)) + np.float32(rng.uniform(-15, 15))
     lit += _grain(rng, lit.shape, 3)
     photo = Image.fromarray(np.clip(lit, 0, 255).astype(np.uint8))

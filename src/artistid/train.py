@@ -320,7 +320,7 @@ def backbone_for(settings: TrainSettings) -> Backbone:
     )
 
 
-PHOTOGRAPH_RECIPE = "photograph-v3"  # names how the training photos are made: a new recipe, new cache keys
+PHOTOGRAPH_RECIPE = "photograph-v4"  # names how the training photos are made: a new recipe, new cache keys
 
 
 @dataclass
