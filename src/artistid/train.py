@@ -442,10 +442,11 @@ def _result(
 
     started = time.perf_counter()
     # The final head is fitted beside the calibration's fold heads; one BLAS thread each, set once for all threads.
+    # It is fitted here, so that what it finds wrong with the data (one artist only) is what the user is told.
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(1) as pool:
-        fitting = pool.submit(fit_head, features, settings, photographs)
-        calibration = calibrate_head(features, settings, photographs) or CalibrationCard()
-        head, n_train, n_val = fitting.result()
+        calibrating = pool.submit(calibrate_head, features, settings, photographs)
+        head, n_train, n_val = fit_head(features, settings, photographs)
+        calibration = calibrating.result() or CalibrationCard()
     training = TrainingCard(
         settings=settings.to_dict(),
         fingerprint=fingerprint,
