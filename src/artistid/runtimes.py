@@ -83,7 +83,8 @@ _MODULE_OF = {"torch": "torch", "onnx": "onnxruntime", "openvino": "openvino"}
 FEATURES_INPUT, FEATURES_OUTPUT = "pixels", "features"
 OPSET = 17
 PROBE_SECONDS = 0.6  # per runtime, after a warm-up call
-PROBE_BATCH = 4
+PROBE_BATCH = 16  # images of 224 px a probe call runs, as featurize batches them (fewer, of larger sides)
+PROBE_LEAST = 4  # ...but never so few that a throughput engine's streams stand idle
 PROBE_ROUNDS = 3
 BF16_MARGIN = 1.25  # bf16 is chosen over fp32 only when its probe is at least this much faster
 INT8_CALIBRATION_IMAGES = 64  # demo paintings that calibrate the int8 activations
@@ -464,7 +465,7 @@ def probe(engine: Engine, side: int, seconds: float = PROBE_SECONDS, give_up_bel
     Where the warm-up call alone shows a speed below `give_up_below`, that estimate is the answer: a runtime far
     behind another needs no precise figure (emulated bf16 can be ten times slower than fp32).
     """
-    count = max(1, round(PROBE_BATCH * (224 / side) ** 2))
+    count = max(PROBE_LEAST, round(PROBE_BATCH * (224 / side) ** 2))
     pixels = np.random.default_rng(0).integers(0, 256, (count, side, side, 3), dtype=np.uint8)
     started = time.perf_counter()
     engine(pixels)
