@@ -1,8 +1,9 @@
 """Images made on purpose: paintings photographed in their frames, and things that are not paintings.
 
 `photograph` turns a painting into a visitor's photo of it: framed, slightly turned, under other light, on a wall
-(or in a given photo), filling half the picture or more. Training adds such photos of its paintings to what the
-"not a painting" gate knows, so a photographed painting is still answered. `non_paintings` makes what must be
+or in a given scene (training gives another of its paintings `out_of_focus`: a museum's room), filling half the
+picture or more. Training adds such photos of its paintings to what the "not a painting" gate knows, so a
+photographed painting is still answered. `non_paintings` makes what must be
 refused as not a painting (noise, flat colours, gradients, scanned letters, screenshots, tiny images), for the
 tests and `bench/refusals.py`.
 """
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-__all__ = ["NON_PAINTING_KINDS", "non_paintings", "photograph", "wall"]
+__all__ = ["NON_PAINTING_KINDS", "non_paintings", "out_of_focus", "photograph", "wall"]
 
 _PHOTO_SIZE = (400, 300)  # small: the backbone sees 224 pixels, and training makes hundreds
 _FRAME_COLOURS = ((120, 80, 40), (190, 150, 70), (30, 25, 20), (230, 225, 215))
@@ -33,6 +34,13 @@ def wall(rng: np.random.Generator, size: tuple[int, int] = _PHOTO_SIZE) -> Image
     floor = int(height * rng.uniform(0.8, 1.0))
     pixels[floor:] = rng.integers(30, 160, 3) + _grain(rng, (height - floor, width, 3), 8)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).resize(size, Image.Resampling.BILINEAR)
+
+
+def out_of_focus(image: Image.Image, size: tuple[int, int] = _PHOTO_SIZE) -> Image.Image:
+    """`image` as the room behind a photographed painting, out of focus: a museum's other paintings."""
+    half = (max(1, size[0] // 2), max(1, size[1] // 2))
+    blurred = image.convert("RGB").resize(half, Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(2))
+    return blurred.resize(size, Image.Resampling.BILINEAR)
 
 
 def _grain(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:

@@ -39,7 +39,7 @@ from artistid.refusals import (
     fit_painting_gate,
 )
 from artistid.runtimes import PRECISIONS
-from artistid.synthetic import photograph
+from artistid.synthetic import out_of_focus, photograph
 
 if TYPE_CHECKING:
     from artistid.feature_store import FeatureStore
@@ -320,7 +320,7 @@ def backbone_for(settings: TrainSettings) -> Backbone:
     )
 
 
-PHOTOGRAPH_RECIPE = "photograph-v4"  # names how the training photos are made: a new recipe, new cache keys
+PHOTOGRAPH_RECIPE = "photograph-v5"  # names how the training photos are made: a new recipe, new cache keys
 
 
 @dataclass
@@ -349,32 +349,43 @@ def photograph_features(
     storage_options: dict[str, Any] | None = None,
     cache: FeatureCache | None = None,
 ) -> Photographs:
-    """Features of photos of `count` of the training paintings (spread over the set), framed on a wall.
+    """Features of photos of `count` of the training paintings (spread over the set), framed, in a room whose
+    walls are another of the training paintings out of focus.
 
-    Each photo is drawn from its painting's content and `seed` alone, so its vector is kept in `cache` like a
-    painting's: a warm run makes no photo.
+    Each photo is drawn from its painting's content, the room's and `seed` alone, so its vector is kept in `cache`
+    like a painting's: a warm run makes no photo.
     """
     chosen = np.unique(np.linspace(0, len(features) - 1, min(count, len(features))).round().astype(int))
     chosen = chosen if count > 0 else chosen[:0]
-    hashes = cache.known_hashes([features.paths[row] for row in chosen]) if cache is not None else {}
-    keys = {
-        row: FeatureCache.key(f"{PHOTOGRAPH_RECIPE}/{seed}/{hashes[features.paths[row]]}", extractor.identity())
-        for row in chosen.tolist()
-        if features.paths[row] in hashes
-    }
+    hashes = cache.known_hashes(features.paths) if cache is not None else {}
+
+    def plan(row: int) -> tuple[np.random.Generator, int]:
+        """The photo's generator, and the painting it draws first: the one out of focus behind."""
+        path = features.paths[row]
+        digest = hashes.get(path) or hashlib.sha256(path.encode()).hexdigest()
+        rng = np.random.default_rng([seed, int(digest[:16], 16)])
+        return rng, int(rng.integers(len(features)))
+
+    keys: dict[int, str] = {}
+    for row in chosen.tolist():
+        painting, room = features.paths[row], features.paths[plan(row)[1]]
+        if painting in hashes and room in hashes:
+            recipe = f"{PHOTOGRAPH_RECIPE}/{seed}/{hashes[painting]}/{hashes[room]}"
+            keys[row] = FeatureCache.key(recipe, extractor.identity())
     cached = cache.get_many(list(keys.values())) if cache is not None else {}
     found: dict[int, np.ndarray] = {row: cached[key] for row, key in keys.items() if key in cached}
 
     def made(row: int) -> np.ndarray | None:
-        path = features.paths[row]
+        rng, room = plan(row)
+        path, room_path = features.paths[row], features.paths[room]
         try:
             painting = decode_image(storage.read_bytes(path, storage_options), path, draft_size=600)
+            behind = decode_image(storage.read_bytes(room_path, storage_options), room_path, draft_size=200)
         except (ArtistIdError, OSError) as exc:  # it was read once already; a file gone since is left out
             logger.warning("not photographing %s: %s", path, exc)
             return None
-        digest = hashes.get(path) or hashlib.sha256(path.encode()).hexdigest()
-        rng = np.random.default_rng([seed, int(digest[:16], 16)])
-        return load_image(photograph(painting, rng, fill=(0.45, 0.85)), extractor.preprocess)
+        photo = photograph(painting, rng, background=out_of_focus(behind), fill=(0.45, 0.85))
+        return load_image(photo, extractor.preprocess)
 
     # Photos are made on every core (Pillow and NumPy's generators release the GIL), a batch ahead of the network.
     missing = [row for row in chosen.tolist() if row not in found]
