@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: setup test-deps demo test lint bench bench-train bench-results bench-refusals bench-recipes bench-int8 bench-serve bench-storage bench-spark clean
+.PHONY: setup test-deps demo test lint bench bench-train bench-results bench-refusals bench-photos bench-recipes bench-int8 bench-serve bench-storage bench-spark clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,9 @@ bench-results: setup
 
 bench-refusals: setup
 	$(BIN)/python bench/refusals.py
+
+bench-photos: setup
+	$(BIN)/python bench/photos.py
 
 bench-recipes: setup
 	$(BIN)/python bench/recipes.py
