@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from artistid.cli import app
 from artistid.errors import ArtistIdError
-from artistid.head import ArtistHead
+from artistid.head import ArtistHead, RowSpace
 from artistid.model import Model
 from artistid.model_file import read_card
 from artistid.train import PRESETS, STANDARD_FEATURE_NODES, TrainSettings, preset
@@ -59,6 +59,54 @@ def test_lbfgs_head_matches_standardized_logistic_regression() -> None:
     assert head.coef_.shape == (3, 6) and head.intercept_.shape == (3,)
     assert np.allclose(head.predict_proba(X), reference.predict_proba(X), atol=1e-3)
     assert head.history_[0]["iterations"] >= 1 and head.history_[0]["train_error"] < 0.05
+
+
+def _wide(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Fewer paintings than features, as style statistics give, with two rows repeated (a rank-deficient span)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(3, 300)) * rng.uniform(0.1, 10, size=300)
+    labels = np.arange(90) % 3
+    X = centers[labels] + rng.normal(size=(90, 300)) * rng.uniform(0.1, 10, size=300)
+    X[1], X[2] = X[4], X[5]
+    return X.astype(np.float32), np.array(["Monet", "Picasso", "Van Gogh"])[labels]
+
+
+def test_row_space_coordinates_keep_every_inner_product_and_weights_score_as_they_do() -> None:
+    rows, _ = _wide()
+    space = RowSpace(rows)
+    assert space.coordinates.shape == (90, 88)  # each repeated row spans nothing new
+    assert np.allclose(space.coordinates @ space.coordinates.T, rows @ rows.T, rtol=1e-4, atol=1e-2)
+    coefficients = np.random.default_rng(1).normal(size=(3, 88))
+    assert np.allclose(rows @ space.weights(coefficients).T, space.coordinates @ coefficients.T, atol=1e-2)
+
+
+def test_wide_lbfgs_heads_fit_in_the_row_space_and_find_the_same_model() -> None:
+    X, y = _wide()
+    new_rows = _wide(1)[0]  # scored by weights that must hold outside the training rows' span too
+    for keep in (slice(None), np.isin(y, ["Monet", "Picasso"])):
+        head = ArtistHead(solver="lbfgs", standardize=True, l2=0.05).fit(X[keep], y[keep])
+        reference = make_pipeline(
+            StandardScaler(), LogisticRegression(C=1 / (0.05 * len(y[keep])), tol=1e-8, max_iter=5000)
+        ).fit(X[keep], y[keep])
+        assert head.coef_.shape == (len(set(y[keep])), 300)
+        assert np.allclose(head.predict_proba(X[keep]), reference.predict_proba(X[keep]), atol=1e-3)
+        # Off the training rows the solver's tolerance shows more, as it does between any two stopping points.
+        assert np.allclose(head.predict_proba(new_rows), reference.predict_proba(new_rows), atol=2e-2)
+
+
+def test_fold_copies_learn_on_coordinates_what_they_would_learn_on_the_standardized_rows() -> None:
+    X, y = _wide()
+    fold_head, rows = ArtistHead(solver="lbfgs", standardize=True, l2=0.05).fold_copy(X)
+    assert rows.shape == (90, 87) and not fold_head.standardize and not hasattr(fold_head, "coef_")  # centred: one less
+    taught, held = np.arange(90) % 5 != 0, np.arange(90) % 5 == 0
+    standardized = StandardScaler().fit(X).transform(X)  # all rows' statistics, as the folds share them
+    reference = LogisticRegression(C=1 / (0.05 * taught.sum()), tol=1e-8, max_iter=5000)
+    reference.fit(standardized[taught], y[taught])
+    fold = fold_head.fit(rows[taught], y[taught])
+    assert np.allclose(fold.predict_proba(rows[held]), reference.predict_proba(standardized[held]), atol=1e-3)
+    narrow, _ = _blobs()  # more rows than features: nothing to rotate
+    copy, same = ArtistHead(solver="lbfgs", standardize=True).fold_copy(narrow)
+    assert copy.standardize and np.array_equal(same, narrow)
 
 
 def test_standardized_sgd_and_two_class_lbfgs_heads() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 
 from artistid.answers import NOT_A_PAINTING, UNKNOWN
 from artistid.datasets import load_dataset, load_split
+from artistid.errors import UsageError
 from artistid.features import FeatureCache
 from artistid.refusals import fit_painting_gate, split_scores, stack_scores
 from artistid.synthetic import NON_PAINTING_KINDS, non_paintings, photograph
@@ -122,6 +124,13 @@ def test_others_teach_it_who_it_does_not_know(demo_data: Path, cache_dir: Path) 
     assert np.mean([a.refused for a in taught.answer(knowns)]) <= 0.1
     # The artist probabilities are the plain model's: the others never reach the artist head.
     np.testing.assert_allclose(taught.predict_proba(knowns[:4]), plain.predict_proba(knowns[:4]), atol=1e-6)
+    # Known paintings answered 'unknown' keep to one share, whichever rule answers: the gate's comes out of it.
+    assert plain.card.calibration.target_false_rejection == settings.false_rejection
+    assert taught.card.calibration.target_false_rejection == pytest.approx(
+        settings.false_rejection - settings.other_false_rejection
+    )
+    with pytest.raises(UsageError, match=r"--other-false-rejection \(0.05\) is part of --false-rejection \(0.02\)"):
+        train(known, replace(settings, other_false_rejection=0.05), others=others, progress=False)
 
 
 def test_the_gates_survive_the_model_file(demo_model, demo_model_path: Path) -> None:

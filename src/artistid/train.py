@@ -103,12 +103,12 @@ class TrainSettings:
     standardize: bool = True
     # Temperature and rejection threshold from out-of-fold scores of this many folds of Train; 0 or 1: none.
     calibration_folds: int = 5
-    false_rejection: float = DEFAULT_FALSE_REJECTION  # share of known-artist paintings the threshold may reject
+    false_rejection: float = DEFAULT_FALSE_REJECTION  # share of known-artist paintings any rule may answer 'unknown'
     # The "not a painting" gate knows the training paintings and photos of this many of them, in their frames.
     photographed: int = 300
     learn_from_photos: bool = True  # the head learns from those photos too, under their painting's artist
     painting_false_rejection: float = DEFAULT_PAINTING_FALSE_REJECTION  # of the training paintings
-    other_false_rejection: float = DEFAULT_OTHER_FALSE_REJECTION  # share of known paintings --others may refuse
+    other_false_rejection: float = DEFAULT_OTHER_FALSE_REJECTION  # of that share, what --others may refuse
 
     def check(self) -> None:
         """Raises UsageError, naming the setting, for a recipe that cannot be trained."""
@@ -124,6 +124,19 @@ class TrainSettings:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         Preprocess(size=self.image_size or 224, tiles=self.tiles, centre=self.centre)  # the input size and views
         self.head()._check_params()
+
+    def threshold_false_rejection(self, with_others: bool) -> float:
+        """The share of known paintings the 'unknown' threshold may refuse: false_rejection is the share that may be
+        answered 'unknown' by any rule, so a --others gate's share comes out of it."""
+        if not with_others:
+            return self.false_rejection
+        if self.other_false_rejection > self.false_rejection:
+            raise UsageError(
+                f"--other-false-rejection ({self.other_false_rejection}) is part of --false-rejection "
+                f"({self.false_rejection}), the share of known paintings answered 'unknown' by any rule: "
+                "it cannot be larger"
+            )
+        return self.false_rejection - self.other_false_rejection
 
     def head(self) -> ArtistHead:
         return ArtistHead(
@@ -266,9 +279,16 @@ def fit_head(
 
 
 def calibrate_head(
-    features: FeatureSet, settings: TrainSettings, photographs: Photographs | None = None
+    features: FeatureSet,
+    settings: TrainSettings,
+    photographs: Photographs | None = None,
+    *,
+    with_others: bool = False,
 ) -> CalibrationCard | None:
     """Fits the temperature and the rejection threshold on out-of-fold scores of the training rows.
+
+    `with_others`: a "someone else" gate refuses some known paintings as 'unknown' too; the threshold gets the rest
+    of the share they may have between them (`TrainSettings.threshold_false_rejection`).
 
     Each fold's head learns from the photos of its own paintings only, as the final head learns from all of them.
     Returns the model card's calibration section, or None when calibration is off or the data is too small (fewer
@@ -288,20 +308,21 @@ def calibrate_head(
         return None
     y = labels[train_rows].astype(str)
     photo_vectors, photo_labels, photo_of = _taught_photos(features, settings, photographs, train_rows)
+    fold_head, rows = settings.head().fold_copy(np.vstack([features.features[train_rows], photo_vectors]))
     scores = out_of_fold_scores(
-        settings.head(),
-        features.features[train_rows],
+        fold_head,
+        rows[: len(y)],
         y,
         settings.calibration_folds,
         settings.seed,
-        extra=(photo_vectors, photo_labels.astype(str), photo_of),
+        extra=(rows[len(y) :], photo_labels.astype(str), photo_of),
     )
     targets = np.searchsorted(np.unique(y), y)
     # A photo of a painting is still a painting: the 'unknown' threshold answers the photos as it does the scans.
     return calibrate(
         scores[: len(y)],
         targets,
-        false_rejection=settings.false_rejection,
+        false_rejection=settings.threshold_false_rejection(with_others),
         method=f"{settings.calibration_folds}-fold cross-fitting on the training set",
         photographed=scores[len(y) :],
     )
@@ -455,7 +476,8 @@ def _result(
     # The final head is fitted beside the calibration's fold heads; one BLAS thread each, set once for all threads.
     # It is fitted here, so that what it finds wrong with the data (one artist only) is what the user is told.
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(1) as pool:
-        calibrating = pool.submit(calibrate_head, features, settings, photographs)
+        with_others = gates.other is not None
+        calibrating = pool.submit(calibrate_head, features, settings, photographs, with_others=with_others)
         head, n_train, n_val = fit_head(features, settings, photographs)
         calibration = calibrating.result() or CalibrationCard()
     training = TrainingCard(
@@ -525,6 +547,8 @@ def train(
     """
     settings = settings or TrainSettings()
     settings.check()
+    if others:
+        settings.threshold_false_rejection(with_others=True)  # shares that cannot add up are refused before any work
     labelled = [s for s in samples if s.label is not None]
     backbone = backbone_for(settings)
     extractor = FeatureExtractor(backbone, precision=settings.precision, runtime=settings.runtime)
