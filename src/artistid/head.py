@@ -3,9 +3,10 @@
 `ArtistHead` follows the estimator contract: `__init__` only stores, `fit` learns `classes_`, `coef_`,
 `intercept_`, and `predict` / `predict_proba` share one scorer. The default training loop is
 the reference design's: minibatch SGD with momentum and L2 weight decay, a learning rate per epoch. `solver="lbfgs"`
-fits the same L2-regularized softmax to convergence instead (better on wide features such as style statistics), and
-`standardize=True` trains on standardized features; either way the result is folded into one linear layer on the
-raw features, so the model file holds the same tensors. The head's probabilities are uncalibrated; the model card's
+fits the same L2-regularized softmax to convergence instead (better on wide features such as style statistics; on
+far fewer rows than features it fits in their `RowSpace`, to the same optimum), and `standardize=True` trains on
+standardized features; either way the result is folded into one linear layer on the raw features, so the model file
+holds the same tensors. The head's probabilities are uncalibrated; the model card's
 calibration (temperature and refusal rules) is applied by `artistid.model.Model`.
 """
 
