@@ -101,7 +101,7 @@ class RowSpace:
 
         combination = np.zeros((len(self._rows), len(coefficients)))
         combination[self._order] = solve_triangular(self._triangle, coefficients.T, lower=True, trans="T")
-        return (combination.T @ self._rows).astype(np.float64)
+        return combination.T @ self._rows
 
 
 class ArtistHead(ClassifierMixin, BaseEstimator):
@@ -197,8 +197,10 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
         from sklearn.base import clone
 
         X = np.asarray(X, dtype=np.float32)
+        if self.solver != "lbfgs":
+            return clone(self), X
         center, scale = self._standardization(X)
-        space = _row_space((X - center) / scale) if self.solver == "lbfgs" else None
+        space = _row_space((X - center) / scale)
         if space is None:
             return clone(self), X
         return clone(self).set_params(standardize=False), space.coordinates
