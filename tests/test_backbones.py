@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import threading
 from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,19 @@ MILITARY_UNIFORM = 652  # ImageNet class of the well-known photograph of Grace H
 def _normalized(pixels: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     x = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255
     return ((x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None])[None]
+
+
+def test_packaged_weights_are_named_by_the_sha256_of_their_file() -> None:
+    """The fingerprint of installed weights comes from the package's RECORD: the file's own sha256, unread."""
+    for name in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+        package = get_spec(name).weights_package
+        assert package is not None
+        origin = create_backbone(name).weights
+        found = importlib.util.find_spec(package)
+        assert found is not None and found.submodule_search_locations
+        weights = next((Path(next(iter(found.submodule_search_locations))) / "models").glob("*.pth"))
+        assert origin.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest(), name
+        assert origin.source == f"package:{package.replace('_', '-')}" and origin.revision == version(origin.source[8:])
 
 
 def test_default_backbone_has_the_pretrained_imagenet_weights() -> None:

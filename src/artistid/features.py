@@ -40,6 +40,7 @@ from artistid.runtimes import (
 )
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import torch
 
     from artistid.backbones import Backbone
@@ -179,7 +180,7 @@ class FeatureExtractor:
 
 
 def _absolute(path: str) -> str:
-    return os.path.abspath(storage.local_path(path))
+    return os.path.abspath(storage.local_name(path))
 
 
 # --- the persistent cache --------------------------------------------------------------------------------------
@@ -258,7 +259,7 @@ class FeatureCache:
         for path in paths:
             if storage.is_local(path):
                 try:
-                    st = os.stat(storage.local_path(path))
+                    st = os.stat(storage.local_name(path))
                 except OSError:
                     continue
                 stats[_absolute(path)] = (path, st.st_size, st.st_mtime_ns)
@@ -309,17 +310,18 @@ class FeatureSet:
         import pyarrow.parquet as pq
 
         dim = self.features.shape[1] if len(self) else 0
-        vectors = pa.FixedSizeListArray.from_arrays(pa.array(self.features.reshape(-1), pa.float32()), dim)
+        values = np.ascontiguousarray(self.features, dtype=np.float32).reshape(-1)
+        vectors = pa.FixedSizeListArray.from_arrays(
+            pa.Array.from_buffers(pa.float32(), len(values), [None, pa.py_buffer(values)]), dim
+        )
         table = pa.table(
-            {
-                "path": pa.array(self.paths, pa.string()),
-                "label": pa.array(self.labels, pa.string()),
-                "features": vectors,
-            },
+            {"path": _arrow_strings(self.paths), "label": _arrow_strings(self.labels), "features": vectors},
             metadata={"artistid.identity": self.identity},
         )
         buffer = io.BytesIO()
-        pq.write_table(table, buffer)
+        # Float vectors neither repeat (a dictionary would hold nearly every value once) nor compress much.
+        compression = {"path": "snappy", "label": "snappy", "features": "none"}
+        pq.write_table(table, buffer, use_dictionary=["path", "label"], compression=compression)
         storage.write_bytes_atomic(path, buffer.getvalue(), storage_options)
 
     @classmethod
@@ -349,6 +351,20 @@ class FeatureSet:
             errors=error_list,
             identity=metadata.get(b"artistid.identity", b"").decode() or _sidecar_identity(path),
         )
+
+
+def _arrow_strings(values: Sequence[str | None]) -> pa.Array:
+    """An Arrow string column made from its buffers, since `pa.array` imports pandas (most of a warm run)."""
+    import pyarrow as pa
+
+    encoded = [b"" if value is None else value.encode() for value in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum([len(item) for item in encoded], out=offsets[1:])
+    valid = np.array([value is not None for value in values], dtype=bool)
+    nulls = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    wide = offsets[-1] > np.iinfo(np.int32).max  # 32-bit offsets, as `pa.array` writes, where the text fits
+    buffers = [nulls, pa.py_buffer(offsets if wide else offsets.astype(np.int32)), pa.py_buffer(b"".join(encoded))]
+    return pa.Array.from_buffers(pa.large_string() if wide else pa.string(), len(encoded), buffers)
 
 
 def _sidecar_identity(path: str | Path) -> str:

@@ -16,13 +16,13 @@ import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-import fsspec
-import tenacity
-from fsspec.spec import AbstractFileSystem
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from artistid.errors import SourceError
+
+if TYPE_CHECKING:  # imported where used: a run on local files alone needs neither
+    import tenacity
+    from fsspec.spec import AbstractFileSystem
 
 __all__ = [
     "DEFAULT_RETRY",
@@ -33,6 +33,7 @@ __all__ = [
     "is_local",
     "is_transient",
     "join",
+    "local_name",
     "local_path",
     "parse_storage_options",
     "read_bytes",
@@ -83,6 +84,8 @@ class RetryPolicy:
     def wait(self) -> tenacity.wait.wait_base:
         """Equal jitter: half the exponential ceiling, plus up to the other half at random, so that parallel
         workers do not retry in lockstep."""
+        import tenacity
+
         half = {"multiplier": self.base_delay / 2, "max": self.max_delay / 2}
         return tenacity.wait_exponential(**half) + tenacity.wait_random_exponential(**half)
 
@@ -125,6 +128,7 @@ def with_retries(call: Callable[[], T], *, uri: str, policy: RetryPolicy = DEFAU
 
     Where the backend of `uri` retries by itself, only `TruncatedDownload` (our own check) is retried here.
     """
+    import tenacity
 
     def worth_retrying(exc: BaseException) -> bool:
         if _backend_retries(uri):
@@ -164,9 +168,14 @@ def is_local(uri: str | Path) -> bool:
     return "://" not in text or text.startswith("file://")
 
 
-def local_path(uri: str | Path) -> Path:
+def local_name(uri: str | Path) -> str:
+    """The local file a local URI names, as text (a Path costs more where thousands are looked up)."""
     text = str(uri)
-    return Path(text[len("file://") :] if text.startswith("file://") else text)
+    return text[len("file://") :] if text.startswith("file://") else text
+
+
+def local_path(uri: str | Path) -> Path:
+    return Path(local_name(uri))
 
 
 def existing_parent(path: Path) -> Path:
@@ -178,6 +187,8 @@ def existing_parent(path: Path) -> Path:
 
 
 def url_to_fs(uri: str | Path, storage_options: dict[str, Any] | None = None) -> tuple[AbstractFileSystem, str]:
+    import fsspec
+
     try:
         return fsspec.core.url_to_fs(str(uri), **(storage_options or {}))
     except (ImportError, ValueError) as exc:
