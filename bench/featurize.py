@@ -4,10 +4,10 @@
   only where native), for the default recipe's backbone (224 px, style statistics) and for `--preset best`'s
   (512 px, whole + 2 x 2 squares: five passes per painting).
 - cold featurize (empty cache) of paintings3/Train with PyTorch and with the runtime `auto` picks.
-- warm featurize as a whole process (`artistid featurize`, every vector cached; the median of three), against the
-  tutorial-style peer's throughput (bench/peer.py, one epoch, whole process) measured in the same run, and against
-  the floor of that work: a script that only imports NumPy and pyarrow, reads the same cached vectors from SQLite
-  and writes them to Parquet.
+- warm featurize as a whole process (`artistid featurize`, every vector cached; the median of five after one
+  uncounted run), against the tutorial-style peer's throughput (bench/peer.py, one epoch, whole process) measured
+  in the same run, and against the floor of that work: a script that only imports NumPy and pyarrow, reads the
+  same cached vectors from SQLite and writes them to Parquet.
 
     make bench            # or: .venv/bin/python bench/featurize.py [--data ../shared/datasets/paintings3/Train]
 """
@@ -50,8 +50,10 @@ print(len(rows))
 """
 
 
-def median_seconds(command: list[str], runs: int = 3) -> float:
-    """A warm run takes under a second, so the machine's moment shows in it: the median of `runs`."""
+def median_seconds(command: list[str], runs: int = 5) -> float:
+    """A warm run takes under a second, so the machine's moment shows in it: the median of `runs`, after one run
+    that is not counted (the first process after other work starts slower, as hyperfine's --warmup allows for)."""
+    subprocess.run(command, check=True, capture_output=True)
     times = []
     for _ in range(runs):
         started = time.perf_counter()

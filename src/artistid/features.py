@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
@@ -318,11 +317,13 @@ class FeatureSet:
             {"path": _arrow_strings(self.paths), "label": _arrow_strings(self.labels), "features": vectors},
             metadata={"artistid.identity": self.identity},
         )
-        buffer = io.BytesIO()
         # Float vectors neither repeat (a dictionary would hold nearly every value once) nor compress much.
         compression = {"path": "snappy", "label": "snappy", "features": "none"}
-        pq.write_table(table, buffer, use_dictionary=["path", "label"], compression=compression)
-        storage.write_bytes_atomic(path, buffer.getvalue(), storage_options)
+        storage.write_atomic(
+            path,
+            lambda handle: pq.write_table(table, handle, use_dictionary=["path", "label"], compression=compression),
+            storage_options,
+        )
 
     @classmethod
     def from_parquet(cls, path: str | Path) -> FeatureSet:
@@ -501,7 +502,8 @@ def featurize(
             store.append(identity, unsaved)
 
     kept = sorted(vectors)
-    features = np.stack([vectors[i] for i in kept]).astype(np.float32) if kept else np.zeros((0, 0), np.float32)
+    # Stacked straight into float32: the matrix is the run's largest allocation, made once.
+    features = np.stack([vectors[i] for i in kept], dtype=np.float32) if kept else np.zeros((0, 0), np.float32)
     for i in sorted(errors):
         logger.warning("skipped %s", errors[i])
     return FeatureSet(

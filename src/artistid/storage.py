@@ -10,13 +10,14 @@ multiply; only what the backend cannot see (a body that fails our size or checks
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from artistid.errors import SourceError
 
@@ -39,6 +40,7 @@ __all__ = [
     "read_bytes",
     "url_to_fs",
     "with_retries",
+    "write_atomic",
     "write_bytes_atomic",
 ]
 
@@ -237,6 +239,43 @@ def read_bytes(
     return with_retries(lambda: fs.cat_file(path), uri=str(uri), policy=retry)
 
 
+def write_atomic(
+    uri: str | Path,
+    write: Callable[[BinaryIO], object],
+    storage_options: dict[str, Any] | None = None,
+    *,
+    retry: RetryPolicy = DEFAULT_RETRY,
+) -> None:
+    """Writes a whole file through `write(handle)` so that readers see the old content or the new one, never a part.
+
+    Locally: `write` fills a temporary file beside the target (a large file is never held in memory), which is
+    flushed to disk, then renamed over it. In object stores a blob only appears once its upload is committed, so
+    what `write` wrote goes up in one upload (retried on transient failures).
+    """
+    if not is_local(uri):
+        buffer = io.BytesIO()
+        write(buffer)
+        _upload(uri, buffer.getvalue(), storage_options, retry)
+        return
+    target = local_path(uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Not tempfile.mkstemp, whose file is private (0600): the result is an ordinary file, 0666 less the umask.
+    temporary = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+    except OSError as exc:  # a full disk, say: named by the file the user asked for, not the temporary one
+        raise OSError(exc.errno, exc.strerror or str(exc), str(uri)) from None
+
+
 def write_bytes_atomic(
     uri: str | Path,
     data: bytes,
@@ -244,30 +283,11 @@ def write_bytes_atomic(
     *,
     retry: RetryPolicy = DEFAULT_RETRY,
 ) -> None:
-    """Writes a whole file so that readers see the old content or the new one, never a part.
+    """Writes `data` as a whole file, atomically (`write_atomic`)."""
+    write_atomic(uri, lambda handle: handle.write(data), storage_options, retry=retry)
 
-    Locally: a temporary file beside the target, flushed to disk, then renamed over it. In object stores a
-    blob only appears once its upload is committed, so one upload (retried on transient failures) is atomic.
-    """
-    if is_local(uri):
-        target = local_path(uri)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Not tempfile.mkstemp, whose file is private (0600): the result is an ordinary file, 0666 less the umask.
-        temporary = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
-        try:
-            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-            try:
-                with os.fdopen(descriptor, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(temporary, target)
-            except BaseException:
-                temporary.unlink(missing_ok=True)
-                raise
-        except OSError as exc:  # a full disk, say: named by the file the user asked for, not the temporary one
-            raise OSError(exc.errno, exc.strerror or str(exc), str(uri)) from None
-        return
+
+def _upload(uri: str | Path, data: bytes, storage_options: dict[str, Any] | None, retry: RetryPolicy) -> None:
     fs, path = url_to_fs(uri, storage_options)
 
     def upload() -> None:
