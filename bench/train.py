@@ -3,7 +3,8 @@
 The peer runs the frozen backbone on every minibatch of every epoch (7 epochs). artistid featurizes once: cold is
 an empty feature cache (decoding and featurizing every image, the head and the 5-fold calibration, evaluation on
 Test), warm the same command again with every vector cached (`--force`: the head is trained again; the median of
-three runs). Both presets run: the default ("standard") and `--preset reference`, the reference design's recipe.
+three runs). The package's bytecode is written first, as an install writes it. Both presets run: the default
+("standard") and `--preset reference`, the reference design's recipe.
 
     make bench-train      # or: .venv/bin/python bench/train.py [--data ../shared/datasets/paintings3] [--epochs 7]
 """
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from peer import whole_process
+from processes import compile_package
 
 from artistid.runtimes import machine
 
@@ -40,6 +42,7 @@ def main() -> None:
     parser.add_argument("--warm", type=int, default=3, help="warm runs per preset (their median is reported)")
     args = parser.parse_args()
     print(f"machine: {machine().describe()}", flush=True)
+    compile_package()
     rows: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
