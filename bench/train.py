@@ -4,7 +4,8 @@ The peer runs the frozen backbone on every minibatch of every epoch (7 epochs). 
 an empty feature cache (decoding and featurizing every image, the head and the 5-fold calibration, evaluation on
 Test), warm the same command again with every vector cached (`--force`: the head is trained again; the median of
 three runs). The package's bytecode is written first, as an install writes it. Both presets run: the default
-("standard") and `--preset reference`, the reference design's recipe.
+("standard") and `--preset reference`, the reference design's recipe. Then the default model names the artist of
+one painting whose vector is not cached (`artistid predict MODEL PAINTING --no-cache`, the median of five).
 
     make bench-train      # or: .venv/bin/python bench/train.py [--data ../shared/datasets/paintings3] [--epochs 7]
 """
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 from peer import whole_process
-from processes import compile_package
+from processes import compile_package, median_seconds
 
 from artistid.runtimes import machine
 
@@ -55,6 +56,11 @@ def main() -> None:
             warm = [artistid_train(args.data, model, cache, "--preset", preset, "--force") for _ in range(args.warm)]
             print(json.dumps({f"{preset} warm": warm}), flush=True)
             rows[f"{preset} warm"] = sorted(warm, key=lambda run: float(run["seconds"]))[len(warm) // 2]  # type: ignore[arg-type]
+        # Then using the default model: one painting whose vector is not cached (its feature graph is, since training).
+        painting = str(min(Path(args.data, "Test").rglob("*.jpg")))
+        command = [sys.executable, "-m", "artistid.cli", "predict", str(work / "standard.safetensors"), painting]
+        predict_seconds = median_seconds([*command, "--no-cache"])
+        print(json.dumps({"predict one painting": predict_seconds}), flush=True)
     peer = whole_process(args.data, args.epochs)
     print(json.dumps({"peer": peer}), flush=True)
     print("\n| contestant (whole process, paintings3) | seconds | Test accuracy | peer's time / this |")
@@ -64,6 +70,7 @@ def main() -> None:
         seconds = float(row["seconds"])  # type: ignore[arg-type]
         ratio = float(peer["process_s"]) / seconds
         print(f"| artistid train, {name} | {seconds:.1f} | {float(row['accuracy']):.1%} | {ratio:.1f}x |")  # type: ignore[arg-type]
+    print(f"\nartistid predict MODEL one-painting.jpg --no-cache (whole process, median of 5): {predict_seconds:.2f} s")
 
 
 if __name__ == "__main__":

@@ -276,7 +276,7 @@ def test_model_file_round_trip_and_python_api(demo_model: Model, demo_model_path
     assert np.allclose(again.predict_proba(inputs[:1]), probabilities[:1], atol=1e-6)
 
 
-def test_broken_model_files_give_one_clear_error(demo_model_path: Path, tmp_path: Path) -> None:
+def test_broken_model_files_give_one_clear_error(demo_model_path: Path, demo_data: Path, tmp_path: Path) -> None:
     data = demo_model_path.read_bytes()
     (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) // 2])
     (tmp_path / "random.safetensors").write_bytes(np.random.default_rng(0).bytes(4096))
@@ -298,6 +298,14 @@ def test_broken_model_files_give_one_clear_error(demo_model_path: Path, tmp_path
             Model.load(tmp_path / f"{name}.safetensors")
     code, _, err = _run("predict", str(tmp_path / "truncated.safetensors"), str(tmp_path))
     assert code == 1 and err.count("\n") == 1 and "truncated.safetensors" in err
+    # The backbone's weights load when its network is first built (a cached feature graph needs none): a missing one
+    # is named then, in one line.
+    backbone = tmp_path / "backbone.safetensors"
+    write_model_file(backbone, {k: v for k, v in tensors.items() if k != "backbone.conv_stem.weight"}, card)
+    painting = next((demo_data / "Test" / "Claude_Monet").glob("*.jpg"))
+    code, _, err = _run("predict", str(backbone), str(painting), "--runtime", "torch", "--no-cache")
+    assert code == 1 and err.count("\n") == 1, err
+    assert f"{backbone}: its backbone weights do not fit" in err and "conv_stem.weight" in err
 
 
 def test_defaults_reach_93_percent_on_paintings3(paintings3: Path, tmp_path: Path, cache_dir: Path) -> None:

@@ -199,6 +199,30 @@ def _hashes(cache: FeatureCache, samples: list[Sample]) -> list[str]:
     return [known[s.path] for s in samples]
 
 
+# Runs the CLI where importing any of the named packages fails. They stay findable, as installed ones are (the
+# runtime list asks), and out of sys.modules (SciPy looks there for torch).
+WITHOUT = """
+import importlib.abc, importlib.machinery, sys
+BLOCKED = set(sys.argv.pop(1).split(","))
+class Refuse(importlib.abc.Loader):
+    def create_module(self, spec):
+        raise ImportError(f"{spec.name} must not be imported here")
+    def exec_module(self, module):
+        pass
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        return importlib.machinery.ModuleSpec(name, Refuse()) if name.split(".")[0] in BLOCKED else None
+sys.meta_path.insert(0, Block())
+from artistid.cli import main
+main()
+"""
+
+
+def _cli_without(packages: tuple[str, ...], command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    run = [sys.executable, "-c", WITHOUT, ",".join(packages), *command]
+    return subprocess.run(run, capture_output=True, text=True, env=env)
+
+
 def test_warm_featurize_imports_neither_torch_nor_pandas_nor_pydantic(demo_data: Path, tmp_path: Path) -> None:
     """A warm run reads vectors and writes Parquet: no network, and none of the libraries a warm run had paid for
     without using them (pyarrow's `pa.array` imports pandas; typer 0.29 parses every option through pydantic)."""
@@ -210,17 +234,27 @@ def test_warm_featurize_imports_neither_torch_nor_pandas_nor_pydantic(demo_data:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     cold = subprocess.run([sys.executable, "-m", "artistid.cli", *command, "--json"], capture_output=True, env=env)
     assert cold.returncode == 0, cold.stderr
-    blocked = "import sys; sys.modules.update(dict.fromkeys(('torch', 'timm', 'pandas', 'pydantic')))"
-    warm = subprocess.run(
-        [sys.executable, "-c", f"{blocked}; from artistid.cli import main; main()", *command, "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    warm = _cli_without(("torch", "timm", "pandas", "pydantic"), [*command, "--json"], env)
     assert warm.returncode == 0, warm.stderr
     assert json.loads(warm.stdout)["images"] == 6
     written = FeatureSet.from_parquet(tmp_path / "f.parquet")
     assert sorted(set(written.labels)) == ["Claude_Monet", "Rembrandt"] and written.features.shape[0] == 6
+
+
+def test_predict_from_a_cached_feature_graph_imports_no_torch(
+    demo_model_path: Path, few_paintings: list[Sample], tmp_path: Path
+) -> None:
+    """A model file's backbone is named by its weights' fingerprint, so once its feature graph is exported, a
+    predict (no vector cached) runs it on ONNX Runtime without building the network or importing torch, and
+    answers as the run that exported it."""
+    paintings = [sample.path for sample in few_paintings[:2]]
+    command = ["predict", str(demo_model_path), *paintings, "--runtime", "onnx", "--no-cache", "--json"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "ARTISTID_CACHE": str(tmp_path)}
+    first = subprocess.run([sys.executable, "-m", "artistid.cli", *command], capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr
+    again = _cli_without(("torch", "timm", "torchvision"), command, env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == json.loads(first.stdout)
 
 
 def test_a_model_trained_in_bf16_runs_in_fp32_where_bf16_is_not_native(

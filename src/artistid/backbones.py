@@ -16,15 +16,17 @@ import functools
 import importlib.util
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
+import numpy as np
+
 from artistid import hub
 from artistid.card import BackboneCard, Pooling
-from artistid.errors import UsageError, WeightsError
+from artistid.errors import ModelFileError, UsageError, WeightsError
 from artistid.images import Interpolation, Preprocess
 from artistid.storage import file_sha256
 
@@ -626,11 +628,14 @@ def create_backbone(
     return Backbone(spec, None, feature_nodes, pooling, origin, build=build)
 
 
-def rebuild_backbone(card: BackboneCard, preprocess: Preprocess, state: dict[str, torch.Tensor]) -> Backbone:
+def rebuild_backbone(
+    card: BackboneCard, preprocess: Preprocess, state: Mapping[str, np.ndarray], *, source: str = "the model file"
+) -> Backbone:
     """A saved backbone (a model file's, or one shipped to Spark executors) from its card and weights.
 
-    `preprocess` says how its images were prepared (input size, tiles, normalization); the weights load strictly.
-    Nothing is downloaded: a model file holds every weight it needs.
+    `preprocess` says how its images were prepared (input size, tiles, normalization); the weights load strictly,
+    when the network is first needed: a run whose feature graph is cached (by the weights' fingerprint, which the
+    card records) needs neither it nor torch. Nothing is downloaded: a model file holds every weight it needs.
     """
     spec = BackboneSpec(
         name=card.name,
@@ -644,10 +649,20 @@ def rebuild_backbone(card: BackboneCard, preprocess: Preprocess, state: dict[str
         interpolation=preprocess.interpolation,
         model_args=dict(card.model_args),
     )
+
+    def build() -> nn.Module:
+        import torch
+
+        network = build_network(spec)
+        try:
+            network.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
+        except RuntimeError as exc:
+            reason = " ".join(str(exc).split())  # torch's message spans lines
+            raise ModelFileError(f"{source}: its backbone weights do not fit {card.architecture} ({reason})") from None
+        return network
+
     origin = WeightsOrigin(card.weights_sha256, card.source, card.revision or "")
-    backbone = Backbone(spec, build_network(spec), spec.feature_nodes, card.pooling, origin)
-    backbone.network.load_state_dict(state, strict=True)
-    return backbone
+    return Backbone(spec, None, spec.feature_nodes, card.pooling, origin, build=build)
 
 
 register_backbone(

@@ -221,15 +221,16 @@ class Model:
                 precision = "fp32"
         try:
             state = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
-            backbone = rebuild_backbone(card.backbone, card.preprocess, state)
-            weight, bias = tensors["head.weight"].float().numpy(), tensors["head.bias"].float().numpy()
+            backbone = rebuild_backbone(card.backbone, card.preprocess, state, source=str(uri))
+            weight = tensors["head.weight"].astype(np.float32)
+            bias = tensors["head.bias"].astype(np.float32)
             if weight.shape != (len(card.classes), card.head.n_features) or bias.shape != weight.shape[:1]:
                 raise ValueError(
                     f"{len(card.classes)} classes of {card.head.n_features} features, but a head of shape "
                     f"{weight.shape} + {bias.shape}"
                 )
             head = ArtistHead.from_layer(card.classes, weight, bias, **card.head.params)
-            gated = {k: v.float().numpy() for k, v in tensors.items() if k.startswith("refusals.")}
+            gated = {k: v.astype(np.float32) for k, v in tensors.items() if k.startswith("refusals.")}
             gates = RefusalGates.from_parts(card.refusals, gated)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelFileError(f"{uri}: model file is inconsistent ({type(exc).__name__}: {exc})") from None

@@ -96,10 +96,12 @@ def read_card(uri: str | Path, storage_options: dict[str, Any] | None = None) ->
 
 def read_model_file(
     uri: str | Path, storage_options: dict[str, Any] | None = None
-) -> tuple[dict[str, torch.Tensor], ModelCard]:
-    """The tensors and card of a model file; raises ModelFileError for anything that is not a whole one."""
+) -> tuple[dict[str, np.ndarray], ModelCard]:
+    """The arrays and card of a model file; raises ModelFileError for anything that is not a whole one.
+
+    As NumPy arrays: a model whose backbone runs from its cached ONNX export never imports torch."""
     from safetensors import SafetensorError
-    from safetensors.torch import load
+    from safetensors.numpy import load
 
     data = _read(uri, storage_options)
     card = _card(data, str(uri))

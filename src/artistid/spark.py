@@ -177,11 +177,11 @@ def _extractor_file(extractor: FeatureExtractor) -> Path:
 
 def _load_extractor(path: str, runtime: str) -> FeatureExtractor:
     from safetensors import safe_open
-    from safetensors.torch import load_file
+    from safetensors.numpy import load_file
 
-    with safe_open(path, framework="pt") as handle:
+    with safe_open(path, framework="np") as handle:
         card = from_dict(ExtractorCard, json.loads(handle.metadata()["artistid.extractor"]))
-    backbone = rebuild_backbone(card.backbone, card.preprocess, load_file(path))
+    backbone = rebuild_backbone(card.backbone, card.preprocess, load_file(path), source=path)
     return FeatureExtractor(backbone, precision=card.precision, runtime=runtime)  # type: ignore[arg-type]
 
 
