@@ -241,18 +241,18 @@ def test_warm_featurize_imports_neither_torch_nor_pandas_nor_pydantic(demo_data:
     assert sorted(set(written.labels)) == ["Claude_Monet", "Rembrandt"] and written.features.shape[0] == 6
 
 
-def test_predict_from_a_cached_feature_graph_imports_no_torch(
+def test_predict_from_a_cached_feature_graph_imports_neither_torch_nor_sklearn(
     demo_model_path: Path, few_paintings: list[Sample], tmp_path: Path
 ) -> None:
     """A model file's backbone is named by its weights' fingerprint, so once its feature graph is exported, a
-    predict (no vector cached) runs it on ONNX Runtime without building the network or importing torch, and
-    answers as the run that exported it."""
+    predict (no vector cached) runs it on ONNX Runtime without building the network or importing torch, scores its
+    head in NumPy without scikit-learn, and answers as the run that exported it."""
     paintings = [sample.path for sample in few_paintings[:2]]
     command = ["predict", str(demo_model_path), *paintings, "--runtime", "onnx", "--no-cache", "--json"]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "ARTISTID_CACHE": str(tmp_path)}
     first = subprocess.run([sys.executable, "-m", "artistid.cli", *command], capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stderr
-    again = _cli_without(("torch", "timm", "torchvision"), command, env)
+    again = _cli_without(("torch", "timm", "torchvision", "sklearn"), command, env)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout) == json.loads(first.stdout)
 

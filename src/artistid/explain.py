@@ -96,7 +96,7 @@ def _views(model: Model) -> list[tuple[View, slice, View | None]]:
         views.append((backbone.squares, backbone.stitch))
     if backbone.spec.centre:
         views.append((backbone.centre, _in_the_middle))
-    width = int(model.head.n_features_in_) // len(views)
+    width = model.layer.n_features // len(views)
     return [(view, slice(i * width, (i + 1) * width), reshape) for i, (view, reshape) in enumerate(views)]
 
 

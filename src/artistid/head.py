@@ -24,6 +24,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from artistid.calibration import softmax
 from artistid.errors import UsageError
+from artistid.layer import LinearLayer
 
 __all__ = ["SOLVERS", "ArtistHead", "RowSpace", "parse_lr_schedule"]
 
@@ -313,10 +314,14 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
         if best_state is not None:  # keep the epoch that validated best
             self.coef_, self.intercept_ = best_state
 
+    def layer(self) -> LinearLayer:
+        """What prediction needs of this fitted head."""
+        check_is_fitted(self, ("coef_", "intercept_"))
+        return LinearLayer(self.classes_, self.coef_, self.intercept_, self.get_params())
+
     def _scores(self, X: Any) -> np.ndarray:
         check_is_fitted(self, ("coef_", "intercept_"))
-        X = validate_data(self, X, dtype=np.float32, reset=False)
-        return X @ self.coef_.T + self.intercept_
+        return self.layer().scores(validate_data(self, X, dtype=np.float32, reset=False))
 
     def decision_function(self, X: Any) -> np.ndarray:
         scores = self._scores(X)

@@ -29,8 +29,8 @@ from artistid.card import CalibrationCard, HeadCard, LibraryVersions, Metrics, M
 from artistid.datasets import Sample
 from artistid.errors import ModelFileError
 from artistid.features import FeatureCache, FeatureExtractor, FeatureSet, featurize, pinned_runtime
-from artistid.head import ArtistHead
 from artistid.images import Preprocess, load_image
+from artistid.layer import LinearLayer
 from artistid.model_file import read_model_file, write_model_file
 from artistid.refusals import RefusalGates
 from artistid.runtimes import backbone_state, computes_int8
@@ -38,6 +38,7 @@ from artistid.runtimes import backbone_state, computes_int8
 if TYPE_CHECKING:
     from artistid.feature_store import FeatureStore
     from artistid.forward import ArtistForward
+    from artistid.head import ArtistHead
 
 __all__ = ["NOT_A_PAINTING", "UNKNOWN", "ImageInput", "Model", "library_versions"]
 
@@ -64,7 +65,7 @@ class Model:
     def __init__(
         self,
         backbone: Backbone,
-        head: ArtistHead,
+        head: ArtistHead | LinearLayer,
         *,
         precision: str = "auto",
         runtime: str = "auto",
@@ -76,15 +77,17 @@ class Model:
         gates: RefusalGates | None = None,
     ) -> None:
         self.backbone = backbone
-        self.head = head
+        # What answering needs (NumPy alone); the estimator that learned it is built only when asked for (`head`).
+        self.layer = head if isinstance(head, LinearLayer) else head.layer()
+        self._head = None if isinstance(head, LinearLayer) else head
         self.gates = gates or RefusalGates()
         # The runtime and precision of this process: chosen for this machine, whatever the model was trained with.
         self.extractor = extractor or FeatureExtractor(backbone, precision=precision, runtime=runtime)  # type: ignore[arg-type]
         self.card = ModelCard(
-            classes=tuple(str(c) for c in head.classes_),
+            classes=tuple(str(c) for c in self.layer.classes),
             backbone=backbone.card,
             preprocess=backbone.preprocess,
-            head=HeadCard(n_features=int(head.n_features_in_), params=head.get_params()),
+            head=HeadCard(n_features=self.layer.n_features, params=self.layer.params),
             precision=self.extractor.precision,
             calibration=calibration or CalibrationCard(),
             training=training,
@@ -96,7 +99,17 @@ class Model:
     # --- what it knows -----------------------------------------------------------------------------------------
     @property
     def classes_(self) -> np.ndarray:
-        return self.head.classes_
+        return self.layer.classes
+
+    @property
+    def head(self) -> ArtistHead:
+        """The head as the scikit-learn classifier that learned it (`artistid.head.ArtistHead`)."""
+        if self._head is None:
+            from artistid.head import ArtistHead
+
+            layer = self.layer
+            self._head = ArtistHead.from_layer(list(layer.classes), layer.coef, layer.intercept, **layer.params)
+        return self._head
 
     @property
     def preprocess(self) -> Preprocess:
@@ -115,7 +128,7 @@ class Model:
     def features(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Feature vectors of in-memory images or paths; raises ImageError naming the first unusable one."""
         pixels = [load_image(image, self.preprocess) for image in images]
-        return self.extractor(np.stack(pixels)) if pixels else np.zeros((0, self.head.n_features_in_), np.float32)
+        return self.extractor(np.stack(pixels)) if pixels else np.zeros((0, self.layer.n_features), np.float32)
 
     def features_for(
         self,
@@ -142,7 +155,7 @@ class Model:
         """Calibrated probabilities for feature vectors: the head's scores over the card's temperature."""
         if len(features) == 0:
             return np.zeros((0, len(self.card.classes)), np.float64)
-        return softmax(self.head._scores(features), self.card.calibration.temperature)
+        return softmax(self.layer.scores(features), self.card.calibration.temperature)
 
     def predict_proba(self, images: Sequence[ImageInput] | ImageInput) -> np.ndarray:
         """One row per image, one column per artist in the order of `classes_`."""
@@ -173,7 +186,7 @@ class Model:
         """The whole model as one torch module (`artistid.forward.ArtistForward`): pixels -> probabilities."""
         from artistid.forward import ArtistForward, linear_head
 
-        head = linear_head(self.head.coef_, self.head.intercept_).requires_grad_(False)
+        head = linear_head(self.layer.coef, self.layer.intercept).requires_grad_(False)
         module = ArtistForward(self.backbone, head, self.card.calibration.temperature)
         return module.to(self.extractor.device).eval()
 
@@ -182,8 +195,8 @@ class Model:
         """What the model file stores: the backbone's weights (kept in the cache folder, so a run that never built
         the network need not build it to save) and the head's."""
         state = {f"backbone.{k}": v for k, v in backbone_state(self.backbone, self.extractor.cache_dir).items()}
-        state["head.weight"] = np.asarray(self.head.coef_, dtype=np.float32)
-        state["head.bias"] = np.asarray(self.head.intercept_, dtype=np.float32)
+        state["head.weight"] = self.layer.coef
+        state["head.bias"] = self.layer.intercept
         state.update(self.gates.tensors())
         return state
 
@@ -222,14 +235,13 @@ class Model:
         try:
             state = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
             backbone = rebuild_backbone(card.backbone, card.preprocess, state, source=str(uri))
-            weight = tensors["head.weight"].astype(np.float32)
-            bias = tensors["head.bias"].astype(np.float32)
+            weight, bias = tensors["head.weight"], tensors["head.bias"]
             if weight.shape != (len(card.classes), card.head.n_features) or bias.shape != weight.shape[:1]:
                 raise ValueError(
                     f"{len(card.classes)} classes of {card.head.n_features} features, but a head of shape "
                     f"{weight.shape} + {bias.shape}"
                 )
-            head = ArtistHead.from_layer(card.classes, weight, bias, **card.head.params)
+            head = LinearLayer(np.asarray(card.classes, dtype=object), weight, bias, dict(card.head.params))
             gated = {k: v.astype(np.float32) for k, v in tensors.items() if k.startswith("refusals.")}
             gates = RefusalGates.from_parts(card.refusals, gated)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:

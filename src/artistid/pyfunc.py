@@ -58,7 +58,7 @@ def _features(model: Model, frame: pd.DataFrame) -> tuple[list[str], dict[str, i
                 errors[key] = str(exc)
             else:
                 rows[key] = len(pixels) - 1
-        features = model.extractor(np.stack(pixels)) if pixels else np.zeros((0, model.head.n_features_in_))
+        features = model.extractor(np.stack(pixels)) if pixels else np.zeros((0, model.layer.n_features))
         return keys, rows, features, errors
     raise ArtistIdError(f"expected a 'path' or an 'image' column; got {', '.join(map(str, frame.columns))}")
 

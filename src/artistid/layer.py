@@ -1,0 +1,44 @@
+"""The trained head as prediction needs it: a linear layer over the feature vector, in NumPy alone.
+
+`ArtistHead` (artistid.head) is the scikit-learn estimator that learns it; answering from a model file needs only
+this, and so never imports scikit-learn (SciPy and pandas with it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LinearLayer"]
+
+
+@dataclass(frozen=True)
+class LinearLayer:
+    """`scores = features @ coef.T + intercept`: one row per image, one column per class, in the order of
+    `classes`. `params` are the estimator's parameters that learned it (the model card records them)."""
+
+    classes: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", np.asarray(self.classes, dtype=object))
+        object.__setattr__(self, "coef", np.asarray(self.coef, dtype=np.float32))
+        object.__setattr__(self, "intercept", np.asarray(self.intercept, dtype=np.float32))
+        if self.coef.shape != (len(self.classes), self.coef.shape[-1]) or self.intercept.shape != (len(self.classes),):
+            raise ValueError(
+                f"{len(self.classes)} classes, but a layer of shape {self.coef.shape} + {self.intercept.shape}"
+            )
+
+    @property
+    def n_features(self) -> int:
+        return int(self.coef.shape[1])
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or features.shape[1] != self.n_features:
+            raise ValueError(f"expected vectors of {self.n_features} features, got an array of shape {features.shape}")
+        return features @ self.coef.T + self.intercept
