@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -18,6 +17,7 @@ from matplotlib import cbook
 from typer.testing import CliRunner
 
 from artistid.backbones import (
+    _package_weights_file,
     build_network,
     create_backbone,
     download_weights,
@@ -43,9 +43,8 @@ def test_packaged_weights_are_named_by_the_sha256_of_their_file() -> None:
         package = get_spec(name).weights_package
         assert package is not None
         origin = create_backbone(name).weights
-        found = importlib.util.find_spec(package)
-        assert found is not None and found.submodule_search_locations
-        weights = next((Path(next(iter(found.submodule_search_locations))) / "models").glob("*.pth"))
+        weights = _package_weights_file(get_spec(name))
+        assert weights is not None
         assert origin.sha256 == hashlib.sha256(weights.read_bytes()).hexdigest(), name
         assert origin.source == f"package:{package.replace('_', '-')}" and origin.revision == version(origin.source[8:])
 

@@ -320,7 +320,6 @@ class ArtistHead(ClassifierMixin, BaseEstimator):
         return LinearLayer(self.classes_, self.coef_, self.intercept_, self.get_params())
 
     def _scores(self, X: Any) -> np.ndarray:
-        check_is_fitted(self, ("coef_", "intercept_"))
         return self.layer().scores(validate_data(self, X, dtype=np.float32, reset=False))
 
     def decision_function(self, X: Any) -> np.ndarray:

@@ -28,10 +28,9 @@ class LinearLayer:
         object.__setattr__(self, "classes", np.asarray(self.classes, dtype=object))
         object.__setattr__(self, "coef", np.asarray(self.coef, dtype=np.float32))
         object.__setattr__(self, "intercept", np.asarray(self.intercept, dtype=np.float32))
-        if self.coef.shape != (len(self.classes), self.coef.shape[-1]) or self.intercept.shape != (len(self.classes),):
-            raise ValueError(
-                f"{len(self.classes)} classes, but a layer of shape {self.coef.shape} + {self.intercept.shape}"
-            )
+        rows = len(self.classes)
+        if self.coef.ndim != 2 or self.coef.shape[0] != rows or self.intercept.shape != (rows,):
+            raise ValueError(f"{rows} classes, but a layer of shape {self.coef.shape} + {self.intercept.shape}")
 
     @property
     def n_features(self) -> int:

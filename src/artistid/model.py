@@ -78,8 +78,11 @@ class Model:
     ) -> None:
         self.backbone = backbone
         # What answering needs (NumPy alone); the estimator that learned it is built only when asked for (`head`).
-        self.layer = head if isinstance(head, LinearLayer) else head.layer()
-        self._head = None if isinstance(head, LinearLayer) else head
+        self._head: ArtistHead | None
+        if isinstance(head, LinearLayer):
+            self.layer, self._head = head, None
+        else:
+            self.layer, self._head = head.layer(), head
         self.gates = gates or RefusalGates()
         # The runtime and precision of this process: chosen for this machine, whatever the model was trained with.
         self.extractor = extractor or FeatureExtractor(backbone, precision=precision, runtime=runtime)  # type: ignore[arg-type]
@@ -235,13 +238,10 @@ class Model:
         try:
             state = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
             backbone = rebuild_backbone(card.backbone, card.preprocess, state, source=str(uri))
-            weight, bias = tensors["head.weight"], tensors["head.bias"]
-            if weight.shape != (len(card.classes), card.head.n_features) or bias.shape != weight.shape[:1]:
-                raise ValueError(
-                    f"{len(card.classes)} classes of {card.head.n_features} features, but a head of shape "
-                    f"{weight.shape} + {bias.shape}"
-                )
-            head = LinearLayer(np.asarray(card.classes, dtype=object), weight, bias, dict(card.head.params))
+            classes = np.asarray(card.classes, dtype=object)
+            head = LinearLayer(classes, tensors["head.weight"], tensors["head.bias"], dict(card.head.params))
+            if head.n_features != card.head.n_features:
+                raise ValueError(f"a head of {head.n_features} features, but the card says {card.head.n_features}")
             gated = {k: v.astype(np.float32) for k, v in tensors.items() if k.startswith("refusals.")}
             gates = RefusalGates.from_parts(card.refusals, gated)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
