@@ -3,9 +3,10 @@
 For a model trained on paintings3/Train (and one trained with paintings10/Train's seven other painters as
 --others), the share refused of: everyday photos (../shared/datasets/photos), synthetic non-paintings (noise, flat
 colours, gradients, scanned letters, screenshots, tiny images), the paintings of paintings3/Test photographed in
-their frames inside those photos, the loose paintings of other artists in paintings3/Test, and the known artists'
-paintings of paintings3/Test; with accuracy and the expected calibration error on the known ones. Everything the
-models choose is chosen on Train; Test is only measured.
+their frames inside those photos (at 400 x 300, the size training makes its photos, and at each photo's own size),
+the loose paintings of other artists in paintings3/Test, and the known artists' paintings of paintings3/Test; with
+accuracy and the expected calibration error on the known ones. Everything the models choose is chosen on Train; Test
+is only measured.
 
     make bench-refusals            # or: python bench/refusals.py [--json out.json]
 """
@@ -69,6 +70,8 @@ def measure(model: Model, sets: dict[str, Any], cache: FeatureCache) -> dict[str
     found["synthetic non-paintings"] = _row(model.answers_for(_features(model, sets["synthetic"])))
     photographed = model.answers_for(_features(model, sets["photographed"]))
     found["photographed known paintings"] = _row(photographed, sets["photographed_truths"])
+    large = model.answers_for(_features(model, sets["photographed_large"]))
+    found["photographed known paintings, at the photos' own size"] = _row(large, sets["photographed_truths"])
     return found
 
 
@@ -81,18 +84,21 @@ def main() -> None:
     others, _ = load_split(str(SHARED / "paintings10" / "Train"))
     photo_paths = sorted(glob.glob(str(SHARED / "photos" / "*.jpg")))
     known = [s for s in paintings3.test if s.label is not None]
-    rng = np.random.default_rng(7)
+    rng, rng_large = np.random.default_rng(7), np.random.default_rng(8)
     backgrounds = [Image.open(p).convert("RGB") for p in photo_paths]
-    photographed = []
+    photographed, photographed_large = [], []
     for i, sample in enumerate(known):
         painting = decode_image(Path(sample.path).read_bytes(), sample.path, draft_size=600)
-        photographed.append(photograph(painting, rng, background=backgrounds[i % len(backgrounds)]))
+        background = backgrounds[i % len(backgrounds)]
+        photographed.append(photograph(painting, rng, background=background))
+        photographed_large.append(photograph(painting, rng_large, background=background, size=background.size))
     sets = {
         "known": known,
         "loose": [s for s in paintings3.test if s.label is None],
         "photos": load_split(str(SHARED / "photos"))[0],
         "synthetic": [image for _, image in non_paintings(args.per_kind, seed=11)],
         "photographed": photographed,
+        "photographed_large": photographed_large,
         "photographed_truths": [str(s.label) for s in known],
     }
     cache = FeatureCache(default_cache_dir())

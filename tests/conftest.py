@@ -15,6 +15,9 @@ DEMO = ROOT / "src" / "artistid" / "demo_data"
 # processes of one test would compute other vectors. tests/test_runtimes.py tests the choice itself.
 os.environ.setdefault("ARTISTID_RUNTIME", "onnx")
 os.environ.setdefault("ARTISTID_PRECISION", "fp32")
+# scikit-learn's estimator contract includes a check that array-API dispatch on NumPy inputs changes no result; it
+# runs only when SciPy is imported with this set, and otherwise skips.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
 
 def _dataset(name: str) -> Path:

@@ -94,9 +94,13 @@ def test_paintings_scanned_or_photographed_in_their_frames_are_answered(demo_mod
     photographed = []
     for i, (path, _) in enumerate(paintings):
         with Image.open(path) as painting:
-            # Half on a plain wall, half inside an everyday photo.
-            background = backgrounds[i % len(backgrounds)] if i % 2 else None
-            photographed.append(photograph(painting, rng, background=background))
+            # Half on a plain wall, half inside an everyday photo, at that photo's own size.
+            if i % 2:
+                background = backgrounds[i % len(backgrounds)]
+                photographed.append(photograph(painting, rng, background=background, size=background.size))
+                assert photographed[-1].size == background.size
+            else:
+                photographed.append(photograph(painting, rng))
     answers = demo_model.answer(photographed)
     assert np.mean([a.refusal == NOT_A_PAINTING for a in answers]) <= 0.15
     # Photographed, they are named right a little less often than scanned (the photo is small, relit and blurred;

@@ -62,10 +62,14 @@ def photograph(
     *,
     background: Image.Image | None = None,
     fill: tuple[float, float] = (0.5, 0.85),
+    size: tuple[int, int] = _PHOTO_SIZE,
 ) -> Image.Image:
-    """A photo of `painting` in a frame, slightly turned and tilted, filling a share `fill` of the picture."""
-    width, height = _PHOTO_SIZE
-    scene = (background.convert("RGB").resize(_PHOTO_SIZE) if background is not None else wall(rng)).copy()
+    """A photo of `painting` in a frame, slightly turned and tilted, filling a share `fill` of the picture.
+
+    The photo is `size` pixels (width, height); a `background` is resized to it.
+    """
+    width, height = size
+    scene = (background.convert("RGB").resize(size) if background is not None else wall(rng, size)).copy()
     border = max(painting.size) * rng.uniform(0.03, 0.08)
     tint = np.array(_FRAME_COLOURS[rng.integers(len(_FRAME_COLOURS))]) + rng.integers(-15, 15, 3)
     red, green, blue = (int(c) for c in np.clip(tint, 0, 255))
