@@ -16,10 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from recipes import cross_validated
 
 from artistid.backbones import create_backbone
 from artistid.datasets import load_dataset
@@ -28,7 +25,7 @@ from artistid.runtimes import OnnxRuntimeEngine, feature_onnx, int8_onnx, machin
 from artistid.train import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
-SEEDS = (0, 1)
+SPLITS = 2  # of recipes.SEEDS: two 5-fold splits
 
 
 def main() -> None:
@@ -50,17 +47,13 @@ def main() -> None:
         OnnxRuntimeEngine(int8_onnx(backbone, default_cache_dir()), "int8", None),
     )
     print(f"exported and quantized (or found in the cache) in {time.perf_counter() - started:.0f} s", flush=True)
-    head = make_pipeline(StandardScaler(), LogisticRegression(C=1 / (settings.l2 * len(labels)), max_iter=3000))
     scores = {}
     for engine in engines:
         name = engine.precision
         started = time.perf_counter()
         features = np.concatenate([engine(pixels[i : i + 16]) for i in range(0, len(pixels), 16)])
         rate = len(pixels) / (time.perf_counter() - started)
-        cv = [
-            cross_val_score(head, features, labels, cv=StratifiedKFold(5, shuffle=True, random_state=s)).mean()
-            for s in SEEDS
-        ]
+        cv = cross_validated(features, labels, settings.l2, splits=SPLITS)
         scores[name] = float(np.mean(cv))
         print(f"{name}: {rate:.1f} images/s, CV accuracy {' '.join(f'{c:.1%}' for c in cv)} (mean {np.mean(cv):.1%})")
     drop = (scores["fp32"] - scores["int8"]) * 100

@@ -22,10 +22,11 @@ from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from artistid.calibration import calibrate, softmax
+from artistid.calibration import calibrate
 from artistid.datasets import load_dataset, load_split
 from artistid.features import FeatureCache, FeatureExtractor, default_cache_dir, featurize
 from artistid.images import decode_image, load_image
+from artistid.layer import softmax
 from artistid.refusals import PAINTING_NEIGHBOURS, fit_painting_gate
 from artistid.runtimes import machine
 from artistid.synthetic import out_of_focus, photograph, wall

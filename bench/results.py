@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from artistid.calibration import expected_calibration_error, softmax
+from artistid.calibration import expected_calibration_error
 from artistid.datasets import load_dataset
 from artistid.evaluate import evaluate
 from artistid.features import FeatureCache
+from artistid.layer import softmax
 from artistid.runtimes import machine
 from artistid.train import preset, train
 

@@ -1,7 +1,7 @@
 """Spark engine at scale, on a real standalone cluster on this machine: featurize throughput on one and two
 one-core workers, the driver's peak memory, and a rerun from the feature store after the collection grows by 1%.
 
-    make bench-spark     # or: .venv/bin/python bench/spark.py [--count 20000] [--subset 2000] [--json out.json]
+    make bench-spark     # or: .venv/bin/python bench/spark.py [--count 20000] [--subset 400] [--json out.json]
 
 The collection is generated once (bench/paintings_like.py: paintings-like JPEGs, 512-2000 px) and cached outside the
 repository. Phases, each on a fresh cluster from tests/spark_cluster.py (executors of 512 MiB):
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=400, help="images for the one- vs two-worker comparison")
     parser.add_argument("--grow", type=float, default=0.01, help="share of new images before the rerun")
     parser.add_argument("--folder", type=Path, default=DEFAULT_FOLDER, help="where the generated collection is cached")
-    # fp32: the AVX2 development machine has no native bf16, where "auto" would still pick it (issue 17's work).
+    # fp32 by default: the figures compare across machines, whether or not they have native bf16.
     parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"])
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()

@@ -580,8 +580,8 @@ class Backbone:
             return self.pooled(batch)
         views = [self.whole(batch)]
         if self.spec.tiles > 1:
-            # Two scales: the whole composition, and the brushwork of its squares (bench/recipes.py: on paintings3 the
-            # pair beats the whole painting alone by 0.7 points of cross-validated accuracy; the squares alone do not).
+            # Two scales: the whole composition, and the brushwork of its squares (bench/recipes.py: in cross-validation
+            # the pair beats the whole painting alone; the squares alone do not).
             views.append(self.squares(batch))
         if self.spec.centre:
             views.append(self.centre(batch))

@@ -20,6 +20,7 @@ import numpy as np
 from artistid.answers import RefusalRules
 from artistid.card import CalibrationCard
 from artistid.errors import UsageError
+from artistid.layer import softmax
 
 __all__ = [
     "DEFAULT_FALSE_REJECTION",
@@ -29,19 +30,11 @@ __all__ = [
     "expected_calibration_error",
     "fit_temperature",
     "out_of_fold_scores",
-    "softmax",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_FALSE_REJECTION = 0.02  # below the 3% users accept, leaving room for the noise of a small validation set
-
-
-def softmax(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    scaled = np.asarray(scores, dtype=np.float64) / temperature
-    scaled -= scaled.max(axis=1, keepdims=True)
-    exp = np.exp(scaled)
-    return exp / exp.sum(axis=1, keepdims=True)
 
 
 def expected_calibration_error(probabilities: np.ndarray, targets: np.ndarray, n_bins: int = 15) -> float:

@@ -209,12 +209,12 @@ def _spark(engine: str, master: str | None = None, remote: str | None = None) ->
 
 
 def _echo_spark_run(run: Any, done: str, as_json: bool) -> None:
-    from artistid.report import skipped_lines
+    from artistid.report import run_line, run_record, skipped_lines
 
     if as_json:
-        _print_json(run.to_dict())
+        _print_json(run_record(run, run.images, run.output, run.partitions))
         return
-    typer.echo(run.summary(done))
+    typer.echo(run_line(run, run.images, run.output, done, run.partitions))
     for line in skipped_lines(run.errors):
         typer.echo(line, err=True)
 
@@ -360,9 +360,9 @@ def featurize(
     )
     features.to_parquet(output, options)
     if as_json:
-        _print_json(report.featurize_record(features, output))
+        _print_json(report.run_record(features, len(features), output))
         return
-    typer.echo(report.featurize_line(features, output))
+    typer.echo(report.run_line(features, len(features), output, "featurized"))
     for line in report.skipped_lines(features.errors):
         typer.echo(line, err=True)
 
@@ -983,6 +983,8 @@ def check(
 
 
 # --- serve, export ---------------------------------------------------------------------------------------------
+# Defaults are typed out, not imported, so that no command loads FastAPI or torch to show its options;
+# tests/test_cli_defaults.py keeps them the library's (fetch's and finetune's too).
 @app.command()
 @handle_errors
 def serve(
@@ -1095,11 +1097,9 @@ def demo(
     quiet: Quiet = False,
 ) -> None:
     """Train and evaluate on the small public-domain demo set that ships with artistid (works offline)."""
-    from importlib.resources import as_file, files
+    from artistid.datasets import demo_data
 
-    with as_file(files("artistid") / "demo_data") as root:
-        if not (Path(root) / "Train").is_dir():
-            raise ArtistIdError(f"{root}: the demo set is missing from this installation")
+    with demo_data() as root:
         typer.echo(f"demo set: {root} (public-domain paintings; see PROVENANCE.tsv there)")
         train(data=str(root), output=output, quiet=quiet)
 

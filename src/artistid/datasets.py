@@ -8,9 +8,11 @@ Three layouts are understood:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from importlib.resources import as_file, files
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from artistid import storage
@@ -20,6 +22,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "Dataset",
     "Sample",
+    "demo_data",
     "is_image_name",
     "list_images",
     "load_dataset",
@@ -32,6 +35,15 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", 
 UNKNOWN = -1
 _TRAIN_NAMES = ("Train", "train")
 _TEST_NAMES = ("Test", "test")
+
+
+@contextlib.contextmanager
+def demo_data() -> Iterator[Path]:
+    """The folder of the public-domain demo set that ships with artistid: Train/ and Test/, a folder per artist."""
+    with as_file(files("artistid") / "demo_data") as root:
+        if not (Path(root) / "Train").is_dir() or not (Path(root) / "Test").is_dir():
+            raise SourceError(f"{root}: the demo set is missing from this installation")
+        yield Path(root)
 
 
 def is_image_name(name: str) -> bool:

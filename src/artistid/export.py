@@ -20,14 +20,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from importlib.resources import as_file, files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from artistid.card import card_to_dict
-from artistid.datasets import is_image_name
+from artistid.datasets import demo_data, is_image_name
 from artistid.errors import ExportError, ImageError
 from artistid.images import load_image
 from artistid.onnx_model import (
@@ -115,8 +114,8 @@ def pipeline_module(model: Model) -> nn.Module:
 
 
 def _demo_images() -> list[str]:
-    with as_file(files("artistid") / "demo_data" / "Test") as root:
-        return sorted(str(p) for p in Path(root).rglob("*") if p.is_file() and is_image_name(p.name))
+    with demo_data() as root:
+        return sorted(str(p) for p in (root / "Test").rglob("*") if p.is_file() and is_image_name(p.name))
 
 
 def sample_pixels(model: Model, images: Sequence[str] | None = None, limit: int = SAMPLE_IMAGES) -> np.ndarray:

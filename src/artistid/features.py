@@ -32,6 +32,7 @@ from artistid.runtimes import (
     Engine,
     choose_engine,
     create_engine,
+    default_cache_dir,
     features_identity,
     int8_identity,
     machine,
@@ -62,12 +63,6 @@ logger = logging.getLogger(__name__)
 Precision = Literal["auto", "fp32", "bf16", "int8"]  # asked for; the extractor resolves "auto" per machine
 LARGE_FILE_BYTES = 512_000  # a median file above this is a large scan: decoding dominates
 STORE_PART_ROWS = 2048  # vectors per feature-store part: few files, and little lost when a run is killed
-
-
-def default_cache_dir() -> Path:
-    import platformdirs
-
-    return Path(os.environ.get("ARTISTID_CACHE") or platformdirs.user_cache_dir("artistid"))
 
 
 # --- the extractor: pixels in, vectors out ---------------------------------------------------------------------
@@ -406,8 +401,8 @@ def decode_workers() -> int:
 def _default_workers(paths: Sequence[str]) -> int:
     """Decoding processes for these files: `decode_workers()`, or one per core for large scans.
 
-    Multi-megabyte scans make decoding the bottleneck, and then every core decodes (bench/featurize.py: 4000x3000
-    JPEGs 25 -> 32 images/s on two cores).
+    Multi-megabyte scans make decoding the bottleneck, and then every core decodes (bench/featurize.py measures it on
+    large JPEGs).
     """
     sizes = []
     for path in paths[:: max(1, len(paths) // 64)]:

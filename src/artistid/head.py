@@ -22,9 +22,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from artistid.calibration import softmax
 from artistid.errors import UsageError
-from artistid.layer import LinearLayer
+from artistid.layer import LinearLayer, softmax
 
 __all__ = ["SOLVERS", "ArtistHead", "RowSpace", "parse_lr_schedule"]
 

@@ -11,7 +11,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LinearLayer"]
+__all__ = ["LinearLayer", "softmax"]
+
+
+def softmax(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Probabilities from a layer's scores, divided by `temperature` first (the model card's calibration)."""
+    scaled = np.asarray(scores, dtype=np.float64) / temperature
+    scaled -= scaled.max(axis=1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=1, keepdims=True)
 
 
 @dataclass(frozen=True)

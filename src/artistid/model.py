@@ -24,13 +24,12 @@ from PIL import Image
 
 from artistid.answers import NOT_A_PAINTING, UNKNOWN, Answer, RefusalRules
 from artistid.backbones import Backbone, rebuild_backbone
-from artistid.calibration import softmax
 from artistid.card import CalibrationCard, HeadCard, LibraryVersions, Metrics, ModelCard, TrainingCard
 from artistid.datasets import Sample
 from artistid.errors import ModelFileError
 from artistid.features import FeatureCache, FeatureExtractor, FeatureSet, featurize, pinned_runtime
 from artistid.images import Preprocess, load_image
-from artistid.layer import LinearLayer
+from artistid.layer import LinearLayer, softmax
 from artistid.model_file import read_model_file, write_model_file
 from artistid.refusals import RefusalGates
 from artistid.runtimes import backbone_state, computes_int8

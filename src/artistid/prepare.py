@@ -45,10 +45,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Largest Hamming distances (of 64 bits) at which two images count as copies, each and summed. Measured on
-# paintings3/raw: re-scans, crops and recolourings of one painting stay within all three; different
-# paintings of one motif (Monet's haystacks) pass pHash but not dHash; pale drawings on white paper reach
-# 14/16; unrelated pairs start near 18.
+# Largest Hamming distances (of 64 bits) at which two images count as copies, each and summed. Chosen on
+# paintings3/raw: re-scans, crops and recolourings of one painting stay within all three; different paintings of one
+# motif (Monet's haystacks) pass pHash but not dHash; pale drawings on white paper come close to the limits, and
+# unrelated pairs lie beyond them (docs/storage.md).
 PHASH_DISTANCE = 14
 DHASH_DISTANCE = 16
 COMBINED_DISTANCE = 28

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from artistid.calibration import choose_threshold, softmax
+from artistid.calibration import choose_threshold
+from artistid.layer import softmax
 
 __all__ = [
     "DEFAULT_OTHER_FALSE_REJECTION",

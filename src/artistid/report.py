@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from artistid.answers import Answer
     from artistid.card import CalibrationCard
     from artistid.datasets import Sample
-    from artistid.features import FeatureSet
     from artistid.train import TrainResult
 
 __all__ = [
     "calibration_line",
     "epoch_line",
-    "featurize_line",
-    "featurize_record",
     "predict_lines",
     "predict_records",
+    "run_line",
+    "run_record",
     "skipped_lines",
     "training_lines",
 ]
@@ -31,23 +30,38 @@ def skipped_lines(errors: Sequence[tuple[str, str]]) -> list[str]:
     return [f"skipped {path}: {reason.removeprefix(path + ': ')}" for path, reason in errors]
 
 
-def featurize_record(features: FeatureSet, output: str) -> dict[str, Any]:
-    return {
-        "images": len(features),
-        "featurized": features.featurized,
-        "reused": features.reused,
-        "skipped": len(features.errors),
-        "seconds": round(features.seconds, 3),
-        "output": output,
-        "skipped_files": [{"path": p, "reason": r} for p, r in features.errors],
+class Run(Protocol):
+    """What a featurizing run did, locally (`FeatureSet`) or on Spark (`SparkRun`)."""
+
+    @property
+    def featurized(self) -> int: ...
+    @property
+    def reused(self) -> int: ...
+    @property
+    def seconds(self) -> float: ...
+    @property
+    def errors(self) -> list[tuple[str, str]]: ...
+
+
+def run_record(run: Run, images: int, output: str, partitions: int | None = None) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "images": images,
+        "featurized": run.featurized,
+        "reused": run.reused,
+        "skipped": len(run.errors),
+        "seconds": round(run.seconds, 3),
     }
+    if partitions is not None:
+        record["partitions"] = partitions
+    return record | {"output": output, "skipped_files": [{"path": p, "reason": r} for p, r in run.errors]}
 
 
-def featurize_line(features: FeatureSet, output: str) -> str:
-    rate = len(features) / max(features.seconds, 1e-9)
+def run_line(run: Run, images: int, output: str, done: str, partitions: int | None = None) -> str:
+    rate = images / max(run.seconds, 1e-9)
+    where = f", {partitions} partitions" if partitions is not None else ""
     return (
-        f"{len(features)} images in {features.seconds:.1f} s ({rate:.0f} img/s; {features.featurized} featurized, "
-        f"{features.reused} reused) -> {output}"
+        f"{images} images {done} in {run.seconds:.1f} s ({rate:.0f} img/s{where}; {run.featurized} featurized, "
+        f"{run.reused} reused) -> {output}"
     )
 
 

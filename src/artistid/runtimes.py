@@ -57,6 +57,7 @@ __all__ = [
     "computes_int8",
     "create_engine",
     "cuda_present",
+    "default_cache_dir",
     "feature_module",
     "feature_onnx",
     "features_identity",
@@ -262,10 +263,10 @@ def feature_onnx(backbone: Backbone, cache_dir: Path) -> Path:
 @functools.lru_cache(maxsize=1)
 def _calibration_paintings() -> tuple[tuple[str, bytes], ...]:
     """The shipped demo set's Train paintings that calibrate int8: a fixed, seeded choice, as (name, bytes)."""
-    from importlib.resources import as_file, files
+    from artistid.datasets import demo_data
 
-    with as_file(files("artistid") / "demo_data" / "Train") as root:
-        paths = sorted(Path(root).glob("*/*.jpg"))
+    with demo_data() as root:
+        paths = sorted((root / "Train").glob("*/*.jpg"))
         if len(paths) < INT8_CALIBRATION_IMAGES:
             raise ArtistIdError(f"{root}: the demo paintings that calibrate int8 are missing from this installation")
         chosen = np.random.default_rng(INT8_CALIBRATION_SEED).permutation(len(paths))[:INT8_CALIBRATION_IMAGES]
@@ -427,7 +428,7 @@ def create_engine(
         return TorchEngine(backbone, precision, device)
     if runtime not in available_runtimes():
         raise ArtistIdError(f"the {runtime} runtime is not installed: pip install {_MODULE_OF[runtime]}")
-    cache_dir = cache_dir or _default_cache_dir()
+    cache_dir = cache_dir or default_cache_dir()
     path = int8_onnx(backbone, cache_dir) if precision == "int8" else feature_onnx(backbone, cache_dir)
     if runtime == "onnx":
         return OnnxRuntimeEngine(path, "int8" if precision == "int8" else "fp32", threads)
@@ -438,7 +439,11 @@ def _int8_refused(runtime: str) -> UsageError:
     return UsageError(f"int8 runs on the onnx and openvino runtimes, not {runtime}: pass --runtime onnx or openvino")
 
 
-def _default_cache_dir() -> Path:
+def default_cache_dir() -> Path:
+    """Where artistid keeps what it can make again (feature vectors, exported graphs).
+
+    $ARTISTID_CACHE, or else the user's cache folder.
+    """
     import platformdirs
 
     return Path(os.environ.get("ARTISTID_CACHE") or platformdirs.user_cache_dir("artistid"))
@@ -463,7 +468,7 @@ def probe(engine: Engine, side: int, seconds: float = PROBE_SECONDS, give_up_bel
     """Images per second of `engine` on random pixels of `side`, after one warm-up call.
 
     Where the warm-up call alone shows a speed below `give_up_below`, that estimate is the answer: a runtime far
-    behind another needs no precise figure (emulated bf16 can be ten times slower than fp32).
+    behind another needs no precise figure (emulated bf16 can be many times slower than fp32).
     """
     count = max(PROBE_LEAST, round(PROBE_BATCH * (224 / side) ** 2))
     pixels = np.random.default_rng(0).integers(0, 256, (count, side, side, 3), dtype=np.uint8)
@@ -532,7 +537,7 @@ def choose_engine(
         return "torch", "fp32" if precision == "fp32" else "bf16"
     if len(pairs) == 1:
         return pairs[0]
-    cache_dir = cache_dir or _default_cache_dir()
+    cache_dir = cache_dir or default_cache_dir()
     record_path = cache_dir / "runtimes.json"
     key = hashlib.sha256(
         json.dumps(

@@ -86,8 +86,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_MB = 20.0
 MAX_FILES = 64
-# On a 2-core CPU an image costs more in a batch of 8 or 16 than of 2-4 (ONNX Runtime, EfficientNet-Lite0):
-# batching saves per-call overhead and keeps the model busy; larger batches only add latency.
+# Small batches: batching saves per-call overhead and keeps the model busy, but on a few cores a larger batch costs
+# more per image and adds latency (docs/serve.md, "Micro-batching").
 DEFAULT_MAX_BATCH = 4
 STATIC = package_files("artistid") / "static"
 
@@ -184,8 +184,8 @@ def _load_model_file(path: Path, runtime: str) -> ServedModel:
     if model.extractor.runtime == "torch":
         import torch
 
-        # One intra-op thread: waking a second OpenMP thread from the batcher thread on every call cost more than
-        # it gave at these batch sizes (p50 15 vs 23 ms per request on two cores), and the other core decodes.
+        # One intra-op thread: waking a second OpenMP thread from the batcher thread on every call costs more than
+        # it gives at these batch sizes, and the other core decodes.
         torch.set_num_threads(1)
     identity = ModelIdentity(
         name=path.name,

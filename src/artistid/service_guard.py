@@ -155,10 +155,6 @@ class ServiceGuard:
         for reason in ("unauthorized", "queue_full", "timeout"):
             self.rejected.labels(reason=reason)
 
-    @property
-    def needs_key(self) -> bool:
-        return bool(self._keys)
-
     def authorized(self, header: bytes) -> bool:
         """Whether an Authorization header carries one of the keys; every key is compared, in constant time."""
         if not self._keys:

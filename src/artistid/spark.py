@@ -435,27 +435,6 @@ class SparkRun:
         """Images whose vector this run computed."""
         return self.images - self.reused
 
-    def summary(self, done: str) -> str:
-        """One line for people: `30 images featurized in 4.2 s (7 img/s, 2 partitions) -> out.parquet`."""
-        rate = self.images / max(self.seconds, 1e-9)
-        reuse = f"; {self.featurized} featurized, {self.reused} reused" if self.reused else ""
-        return (
-            f"{self.images} images {done} in {self.seconds:.1f} s ({rate:.1f} img/s, {self.partitions} partitions"
-            f"{reuse}) -> {self.output}"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "images": self.images,
-            "featurized": self.featurized,
-            "reused": self.reused,
-            "skipped": len(self.errors),
-            "seconds": round(self.seconds, 3),
-            "partitions": self.partitions,
-            "output": self.output,
-            "skipped_files": [{"path": p, "reason": r} for p, r in self.errors],
-        }
-
 
 # Cores assumed behind a Spark Connect server, which does not tell its client (--partitions overrides).
 CONNECT_PARALLELISM = 8

@@ -158,12 +158,12 @@ class TrainSettings:
         return data
 
 
-# The "best" recipe, chosen by 5-fold cross-validation on paintings3/Train (docs/results.md): EfficientNet-Lite0 at
-# 512 px (brushstrokes survive; 224: 93%, 384: 94.7%, 512: 95.1%, 640: 94.7%) seen whole and as 2 x 2 squares of
-# 512 px (95.6%; the squares alone 94.9%, 3 x 3 squares no better), the pooled features plus the channel means and
-# standard deviations of every block ("style statistics"), and a standardized L2 logistic regression fitted by
-# L-BFGS (L2 0.01: 0.3-0.5 points above 0.05 on every split of paintings3 and paintings10). Adding Lite2 features or
-# another scale of the whole painting did not raise the cross-validated accuracy.
+# The "best" recipe, chosen by 5-fold cross-validation on paintings3/Train (docs/results.md has the figures):
+# EfficientNet-Lite0 at 512 px, where brushstrokes survive (smaller and larger inputs did worse), seen whole and as
+# 2 x 2 squares of 512 px (either view alone does worse, 3 x 3 squares no better), the pooled features plus the
+# channel means and standard deviations of every block ("style statistics"), and a standardized L2 logistic
+# regression fitted by L-BFGS (L2 0.01 beat 0.05 on every split of paintings3 and paintings10). Adding Lite2
+# features or another scale of the whole painting did not raise the cross-validated accuracy.
 PRESETS: dict[str, TrainSettings] = {
     "standard": TrainSettings(),
     # The reference design's recipe, unchanged: pooled 224 px features, a dense layer trained by SGD for 7 epochs.
