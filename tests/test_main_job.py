@@ -154,8 +154,12 @@ def test_validation_split_and_bad_options(demo_data: Path, tmp_path: Path, cache
         "2",
     )
     assert code == 0 and "val accuracy" in out and "validated on 60" in out
-    code, _, err = _run("train", str(demo_data), "-o", str(tmp_path / "m.safetensors"), "--lr", "fast")
+    model = str(tmp_path / "m.safetensors")
+    code, _, err = _run("train", str(demo_data), "-o", model, "--preset", "reference", "--lr", "fast")
     assert code == 2 and "learning-rate schedule" in err
+    # The default recipe fits by L-BFGS: an SGD option would change nothing, so it is refused, not ignored.
+    code, _, err = _run("train", str(demo_data), "-o", model, "--epochs", "7")
+    assert code == 2 and "epochs (--epochs) set the SGD solver's loop" in err and len(err.strip().splitlines()) == 1
     code, _, err = _run("train", str(demo_data), "-o", str(tmp_path / "m.safetensors"), "--patience", "2")
     assert code == 2 and "set val_fraction (--val-fraction) too" in err
     code, _, err = _run("train", str(tmp_path / "nowhere"), "-o", str(tmp_path / "m.safetensors"))

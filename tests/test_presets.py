@@ -49,6 +49,9 @@ def test_standard_preset_is_the_defaults_reference_is_unchanged_and_unknown_pres
     assert PRESETS["best"].image_size != 320  # a copy was changed, not the preset
     with pytest.raises(ArtistIdError, match="unknown preset 'fast'"):
         preset("fast")
+    with pytest.raises(ArtistIdError, match=r"lr \(--lr\), momentum \(--momentum\) set the SGD solver's loop"):
+        preset("standard", lr="0.1", momentum=0.5)
+    assert preset("standard", solver="sgd", epochs=3).epochs == 3
 
 
 def test_lbfgs_head_matches_standardized_logistic_regression() -> None:

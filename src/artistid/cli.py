@@ -400,7 +400,14 @@ def train(
         str | None, typer.Option("--backbone", help="Backbone name (see `artistid backbones`).")
     ] = None,
     weights: Weights = None,
-    feature_node: FeatureNode = None,
+    feature_node: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--feature-node",
+            help="Layer to cut at (repeatable; standard: blocks.2-5 and global_pool.flatten, reference: the pooled "
+            "penultimate layer).",
+        ),
+    ] = None,
     pooling: Annotated[
         str | None, typer.Option("--pooling", help="avg, or meanstd: channel means and stds (style).")
     ] = None,
@@ -416,16 +423,16 @@ def train(
         str | None,
         typer.Option("--runtime", help="Where the backbone runs: auto (fastest measured here), torch, onnx, openvino."),
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Passes over the training set [reference: 7].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Minibatch size [reference: 50].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training set (reference: 7).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Minibatch size (reference: 50).")] = None,
     lr: Annotated[
         str | None,
         typer.Option(
-            help="Learning rate per epoch: '0.2x10,0.1' = 0.2 for 10 epochs, then 0.1 [reference: 0.2x10,0.1]."
+            help="Learning rate per epoch: '0.2x10,0.1' = 0.2 for 10 epochs, then 0.1 (reference: 0.2x10,0.1)."
         ),
     ] = None,
-    momentum: Annotated[float | None, typer.Option(help="SGD momentum [reference: 0.9].")] = None,
-    l2: Annotated[float | None, typer.Option(help="L2 weight [standard: 0.01, reference: 0.0005].")] = None,
+    momentum: Annotated[float | None, typer.Option(help="SGD momentum (reference: 0.9).")] = None,
+    l2: Annotated[float | None, typer.Option(help="L2 weight (standard: 0.01, reference: 0.0005).")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed: the same seed gives the same model [123].")] = None,
     val_fraction: Annotated[float | None, typer.Option(help="Hold out this fraction of Train for validation.")] = None,
     patience: Annotated[int | None, typer.Option(help="Stop after N epochs without validation gain.")] = None,

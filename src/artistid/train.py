@@ -183,11 +183,21 @@ PRESETS: dict[str, TrainSettings] = {
 }
 
 
+_SGD_LOOP = ("epochs", "batch_size", "lr", "momentum")
+
+
 def preset(name: str, **overrides: Any) -> TrainSettings:
     """The named recipe, with the settings given changed; a setting given as None keeps the preset's."""
     if name not in PRESETS:
         raise UsageError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
     settings = replace(PRESETS[name], **{key: value for key, value in overrides.items() if value is not None})
+    loop = [key for key in _SGD_LOOP if overrides.get(key) is not None]
+    if loop and settings.solver != "sgd":  # L-BFGS fits to convergence: these would be silently ignored
+        given = ", ".join(f"{key} (--{key.replace('_', '-')})" for key in loop)
+        raise UsageError(
+            f"{given} set the SGD solver's loop, and this recipe fits its head by L-BFGS: "
+            "add --solver sgd, or use --preset reference"
+        )
     # A preset's feature nodes are named for its own backbone: another backbone is cut where its spec says.
     if settings.backbone != PRESETS[name].backbone and overrides.get("feature_nodes") is None:
         settings = replace(settings, feature_nodes=None)
