@@ -365,11 +365,18 @@ def _load_weights_file(network: nn.Module, spec: BackboneSpec, path: Path, *, re
     state = _read_state_dict(path)
     if spec.weights_format == "lukemelas" and renamed:
         state = _rename_lukemelas(state, network)
+    _load_strictly(
+        network, state, lambda reason: WeightsError(f"{path}: weights do not fit {spec.architecture}: {reason}")
+    )
+
+
+def _load_strictly(network: nn.Module, state: Mapping[str, Any], fails: Callable[[str], Exception]) -> None:
+    """`load_state_dict(strict=True)`; a mismatch raises `fails(torch's first complaint)`, one line, not its list."""
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first_line = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise WeightsError(f"{path}: weights do not fit {spec.architecture}: {first_line}") from None
+        lines = str(exc).splitlines()
+        raise fails(lines[1].strip() if len(lines) > 1 else str(exc)) from None
 
 
 # --- the feature extractor -------------------------------------------------------------------------------------
@@ -654,11 +661,12 @@ def rebuild_backbone(
         import torch
 
         network = build_network(spec)
-        try:
-            network.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()}, strict=True)
-        except RuntimeError as exc:
-            reason = " ".join(str(exc).split())  # torch's message spans lines
-            raise ModelFileError(f"{source}: its backbone weights do not fit {card.architecture} ({reason})") from None
+        tensors = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
+        _load_strictly(
+            network,
+            tensors,
+            lambda reason: ModelFileError(f"{source}: its backbone weights do not fit {card.architecture} ({reason})"),
+        )
         return network
 
     origin = WeightsOrigin(card.weights_sha256, card.source, card.revision or "")
