@@ -239,12 +239,13 @@ def test_map_files_train_and_evaluate(demo_data: Path, tmp_path: Path, cache_dir
     assert code == 1 and "bad.map:2" in err
 
 
-def test_predict_table_json_errors_and_strict(demo_model_path: Path, demo_data: Path, tmp_path: Path) -> None:
+def test_predict_table_json_errors_and_exit_status(demo_model_path: Path, demo_data: Path, tmp_path: Path) -> None:
     paintings = sorted((demo_data / "Test" / "Vincent_van_Gogh").glob("*.jpg"))[:3]
     (tmp_path / "readme.jpg").write_text("hello")
-    code, out, _ = _run("predict", str(demo_model_path), *map(str, paintings), str(tmp_path / "readme.jpg"),
-                        "--json", "--top-k", "2")  # fmt: skip
-    assert code == 0
+    code, out, err = _run("predict", str(demo_model_path), *map(str, paintings), str(tmp_path / "readme.jpg"),
+                          "--json", "--top-k", "2")  # fmt: skip
+    # The paintings are answered all the same; the file that could not be used fails the command, in one line.
+    assert code == 1 and err.strip() == f"artistid: error: {tmp_path / 'readme.jpg'}: not an image Pillow can read"
     records = json.loads(out)
     assert [r["path"] for r in records] == [*map(str, paintings), str(tmp_path / "readme.jpg")]
     artists = {"Claude_Monet", "Rembrandt", "Vincent_van_Gogh"}
@@ -256,8 +257,13 @@ def test_predict_table_json_errors_and_strict(demo_model_path: Path, demo_data: 
 
     code, out, _ = _run("predict", str(demo_model_path), str(demo_data / "Test" / "Rembrandt"))
     assert code == 0 and len(out.strip().splitlines()) == 20
-    code, _, _ = _run("predict", str(demo_model_path), str(tmp_path / "readme.jpg"), "--strict")
-    assert code == 1
+    missing = tmp_path / "missing.jpg"
+    code, out, err = _run("predict", str(demo_model_path), str(paintings[0]), str(tmp_path / "readme.jpg"),
+                          str(missing))  # fmt: skip
+    assert code == 1 and out.splitlines()[2].split() == [str(missing), "error:", "file", "not", "found"]
+    assert err.strip() == "artistid: error: 2 of 3 images could not be used (each is listed with its reason)"
+    code, out, err = _run("predict", str(demo_model_path), str(paintings[0]), str(missing), "--no-strict")
+    assert code == 0 and len(out.strip().splitlines()) == 2 and not err
 
 
 def test_model_file_round_trip_and_python_api(demo_model: Model, demo_model_path: Path, demo_data: Path,

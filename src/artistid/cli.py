@@ -710,7 +710,13 @@ def predict(
     model_path: Annotated[str, typer.Argument(metavar="MODEL", help="Model file.")],
     paths: Annotated[list[str], typer.Argument(metavar="PATH", help="Image files or folders (URIs work too).")],
     top_k: Annotated[int, typer.Option("--top-k", min=1, help="How many artists to list per image.")] = 1,
-    strict: Annotated[bool, typer.Option(help="Exit with status 1 if any file could not be used.")] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict/--no-strict",
+            help="Exit with status 1 if any file could not be used (the others are answered all the same).",
+        ),
+    ] = True,
     runtime: Runtime = "auto",
     cache_dir: CacheDir = None,
     no_cache: NoCache = False,
@@ -751,8 +757,7 @@ def predict(
                 store=store,
             )
         _echo_spark_run(run, "scored", as_json)
-        if strict and run.errors:
-            raise typer.Exit(1)
+        _fail_if_unusable(run.errors, run.images, strict)
         return
     if output is not None:
         raise ArtistIdError("--output is for --engine spark; the local engine prints its predictions")
@@ -777,7 +782,15 @@ def predict(
     else:
         for line in report.predict_lines(records):
             typer.echo(line)
-    if strict and features.errors:
+    _fail_if_unusable(features.errors, len(samples), strict)
+
+
+def _fail_if_unusable(errors: list[tuple[str, str]], images: int, strict: bool) -> None:
+    """A file that could not be answered is bad input: said in one line, exit status 1, after every other answer."""
+    from artistid.report import unusable_line
+
+    if errors and strict:
+        typer.echo(f"artistid: error: {unusable_line(errors, images)}", err=True)
         raise typer.Exit(1)
 
 

@@ -20,14 +20,28 @@ __all__ = [
     "run_record",
     "skipped_lines",
     "training_lines",
+    "unusable_line",
 ]
 
 # How `predict` says each refusal in its table.
 REFUSAL_WORDS = {"unknown": "unknown", "not_a_painting": "not a painting"}
 
 
+def _reason(path: str, reason: str) -> str:
+    """The reason alone: decoding errors name their file first, and every line here names it already."""
+    return reason.removeprefix(path + ": ")
+
+
 def skipped_lines(errors: Sequence[tuple[str, str]]) -> list[str]:
-    return [f"skipped {path}: {reason.removeprefix(path + ': ')}" for path, reason in errors]
+    return [f"skipped {path}: {_reason(path, reason)}" for path, reason in errors]
+
+
+def unusable_line(errors: Sequence[tuple[str, str]], images: int) -> str:
+    """Why a run that answered the rest failed: the one file and its reason, or how many (each listed above)."""
+    if len(errors) == 1:
+        path, reason = errors[0]
+        return f"{path}: {_reason(path, reason)}"
+    return f"{len(errors)} of {images} images could not be used (each is listed with its reason)"
 
 
 class Run(Protocol):
@@ -117,7 +131,7 @@ def predict_records(
             "top_k": [{"artist": artist, "probability": p} for artist, p in answer.top_k],
         }
     for path, reason in errors:
-        records[path] = {"path": path, "error": reason.removeprefix(path + ": ")}
+        records[path] = {"path": path, "error": _reason(path, reason)}
     return [records[s.path] for s in samples if s.path in records]
 
 
